@@ -1,0 +1,91 @@
+"""The `audiochat` command: `serve` runs the service; `say` and `ask` are its smallest clients."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from audiochat.v1 import audiochat_pb2 as pb
+from service import logs
+from service.client import ClientError, audio_input_from_file, run_turn
+from service.runner import serve
+from service.settings import from_environment
+
+DEFAULT_TARGET = "localhost:50051"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="audiochat", description="Streaming gateway for spoken answers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("serve", help="run the gRPC service (settings also from AUDIOCHAT_* variables)")
+    run.add_argument(
+        "--upstream", choices=("openai", "offline"), help="default: openai if OPENAI_API_KEY is set"
+    )
+    run.add_argument("--bind", help="address to listen on (default 0.0.0.0)")
+    run.add_argument("--grpc-port", type=int, help="gRPC port (default 50051)")
+    run.add_argument("--model", help="default model (default gpt-4o-audio-preview)")
+    run.add_argument("--voice", help="default voice (default alloy)")
+    run.add_argument("--drain-seconds", type=float, help="grace for running turns on SIGTERM (default 25)")
+    run.add_argument(
+        "--max-streams", type=int, help="concurrent streams before RESOURCE_EXHAUSTED (default 1000)"
+    )
+    run.add_argument("--log-level", help="debug, info, warning, error (default info)")
+
+    target = os.environ.get("AUDIOCHAT_TARGET", DEFAULT_TARGET)
+    for name, what in (("say", "text to say"), ("ask", "a WAV or MP3 recording of the question")):
+        client = commands.add_parser(name, help=f"one turn against a running service: {what}")
+        client.add_argument("input", help=what)
+        client.add_argument("-o", "--output", type=Path, help="write the spoken answer to this WAV file")
+        client.add_argument("--target", default=target, help=f"service address (default {target})")
+        client.add_argument("--voice", default="", help="voice (default: the service's)")
+        client.add_argument("--model", default="", help="model (default: the service's)")
+        client.add_argument("--instructions", default="", help="system instructions")
+        client.add_argument("--text-only", action="store_true", help="ask for a text answer without audio")
+    return parser
+
+
+def _turn_request(args: argparse.Namespace) -> pb.StreamTurnRequest:
+    modalities = [pb.MODALITY_TEXT] if args.text_only else [pb.MODALITY_TEXT, pb.MODALITY_AUDIO]
+    config = pb.TurnConfig(
+        model=args.model, voice=args.voice, instructions=args.instructions, modalities=modalities
+    )
+    if args.command == "say":
+        return pb.StreamTurnRequest(config=config, input=pb.UserMessage(text=args.input))
+    return pb.StreamTurnRequest(
+        config=config, input=pb.UserMessage(audio=audio_input_from_file(Path(args.input)))
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            settings = from_environment(
+                upstream=args.upstream,
+                bind=args.bind,
+                grpc_port=args.grpc_port,
+                model=args.model,
+                voice=args.voice,
+                drain_seconds=args.drain_seconds,
+                max_streams=args.max_streams,
+                log_level=args.log_level,
+            )
+            logs.configure(settings.log_level)
+            asyncio.run(serve(settings))
+        else:
+            asyncio.run(run_turn(args.target, _turn_request(args), args.output))
+    except (ClientError, ValueError) as exc:
+        print(f"audiochat: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

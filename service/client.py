@@ -1,0 +1,92 @@
+"""The `say` and `ask` commands: one turn over gRPC, transcript to stdout, audio to a WAV as it arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from audiochat.v1 import audiochat_pb2 as pb
+from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
+from service.wav_writer import StreamingWavWriter
+
+CONNECT_TIMEOUT_SECONDS = 3.0
+
+
+class ClientError(Exception):
+    """A failure worth one line on stderr, not a traceback."""
+
+
+def audio_input_from_file(path: Path) -> pb.AudioInput:
+    """Read a recording; its encoding comes from its first bytes, not its name."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror}") from exc
+    if data[:4] == b"RIFF":
+        encoding = pb.AUDIO_ENCODING_WAV
+    elif data[:3] == b"ID3" or data[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
+        encoding = pb.AUDIO_ENCODING_MP3
+    else:
+        raise ClientError(f"{path} is neither a WAV nor an MP3 file")
+    return pb.AudioInput(data=data, format=pb.AudioFormat(encoding=encoding))
+
+
+async def run_turn(target: str, request: pb.StreamTurnRequest, output: Path | None) -> pb.TurnCompleted:
+    """Send one turn, print the transcript as it streams, write the audio, report time to first audio."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            await _wait_ready(channel, target)
+            stub = pb_grpc.AudioChatServiceStub(channel)
+            return await _stream(stub, request, output)
+        except grpc.aio.AioRpcError as exc:
+            raise ClientError(f"{exc.code().name}: {exc.details()}") from exc
+
+
+async def _wait_ready(channel: grpc.aio.Channel, target: str) -> None:
+    try:
+        await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_SECONDS)
+    except TimeoutError:
+        raise ClientError(f"nothing answers at {target} (is `audiochat serve` running?)") from None
+
+
+async def _stream(
+    stub: pb_grpc.AudioChatServiceAsyncStub, request: pb.StreamTurnRequest, output: Path | None
+) -> pb.TurnCompleted:
+    sent_at = time.perf_counter()
+    first_audio_ms: float | None = None
+    writer = StreamingWavWriter(output) if output is not None else None
+    completed = pb.TurnCompleted()
+    try:
+        async for event in stub.StreamTurn(request):
+            kind = event.WhichOneof("event")
+            if kind == "text":
+                sys.stdout.write(event.text.text)
+                sys.stdout.flush()
+            elif kind == "audio":
+                if first_audio_ms is None:
+                    first_audio_ms = (time.perf_counter() - sent_at) * 1000
+                if writer is not None:
+                    writer.write(event.audio.data)
+            elif kind == "completed":
+                completed = event.completed
+    finally:
+        if writer is not None:
+            writer.close()
+    sys.stdout.write("\n")
+    _report(completed, first_audio_ms, output)
+    return completed
+
+
+def _report(completed: pb.TurnCompleted, first_audio_ms: float | None, output: Path | None) -> None:
+    seconds = completed.audio_samples / 24_000
+    if first_audio_ms is not None:
+        print(f"time to first audio: {first_audio_ms:.0f} ms", file=sys.stderr)
+    if output is not None:
+        print(f"wrote {seconds:.2f} s of audio to {output}", file=sys.stderr)
+    if completed.reason == pb.FINISH_REASON_ERROR:
+        error = completed.error
+        raise ClientError(f"the turn failed: {pb.ErrorCode.Name(error.code)}: {error.message}")

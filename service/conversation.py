@@ -1,0 +1,252 @@
+"""One Converse call: buffers push-to-talk audio, runs one turn at a time, keeps the history.
+
+The client's messages are handled in arrival order by `handle`; turn events flow out through `outbox`,
+bounded so a slow reader slows the upstream read instead of growing memory. An event the upstream
+produced is never dropped: a turn interrupted while its next event waits for room still delivers it,
+so sequence numbers stay gap-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from audiochat.v1 import audiochat_pb2 as pb
+from service.errors import InvalidInput, ShuttingDown, TurnFailed, WrongState
+from service.normalizer import SAMPLE_RATE_HZ
+from service.turn import Turn
+from service.turn_input import (
+    AssistantEntry,
+    Defaults,
+    Entry,
+    Limits,
+    TooLarge,
+    UserEntry,
+    history_entries,
+    resolve_settings,
+    user_entry,
+)
+from service.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+OUTBOX_SOFT_LIMIT = 64
+# User audio has no server-side id, so history re-sends it; past this the oldest recordings are dropped.
+MAX_HISTORY_AUDIO_BYTES = 8 * 1024 * 1024
+
+
+class Outbox:
+    """A queue whose producers wait for room, except the one that must not lose an event."""
+
+    def __init__(self, soft_limit: int = OUTBOX_SOFT_LIMIT) -> None:
+        self._queue: asyncio.Queue[pb.ConverseResponse | BaseException | None] = asyncio.Queue()
+        self._soft_limit = soft_limit
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def put(self, item: pb.ConverseResponse) -> None:
+        """Add an item once there is room."""
+        while self._queue.qsize() >= self._soft_limit:
+            self._room.clear()
+            await self._room.wait()
+        self._queue.put_nowait(item)
+
+    def put_now(self, item: pb.ConverseResponse | BaseException | None) -> None:
+        """Add an item past the limit: a last event, a failure, or None for the end."""
+        self._queue.put_nowait(item)
+
+    async def get(self) -> pb.ConverseResponse | BaseException | None:
+        """The next item: a response, the exception that ends the call, or None for a clean end."""
+        item = await self._queue.get()
+        if self._queue.qsize() < self._soft_limit:
+            self._room.set()
+        return item
+
+
+@dataclass(slots=True)
+class Recording:
+    """Push-to-talk audio buffered until commit."""
+
+    data: bytearray
+    format: pb.AudioFormat | None = None
+
+
+class Conversation:
+    """The state of one Converse call after its config."""
+
+    def __init__(
+        self,
+        config: pb.ConverseConfig,
+        *,
+        upstream: Upstream,
+        defaults: Defaults,
+        limits: Limits,
+        on_turn_end: Callable[[Turn], None],
+    ) -> None:
+        self.conversation_id = f"conv_{uuid.uuid4().hex}"
+        self.settings = resolve_settings(config.turn, defaults)
+        self.history: list[Entry] = history_entries(config.history, limits)
+        self.outbox = Outbox()
+        self._upstream = upstream
+        self._limits = limits
+        self._on_turn_end = on_turn_end
+        self._recording = Recording(bytearray())
+        self._turn: Turn | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_answer: tuple[int, int] | None = (
+            None  # (history index, audio ms) of the last spoken answer
+        )
+        self._draining = False
+
+    async def handle(self, request: pb.ConverseRequest) -> None:
+        """Apply one client message."""
+        kind = request.WhichOneof("request")
+        if kind == "audio":
+            self._record(request.audio)
+        elif kind == "text":
+            await self._start(user_entry(pb.UserMessage(text=request.text.text), self._limits, required=True))
+        elif kind == "commit":
+            await self._commit(request.commit)
+        elif kind == "interrupt":
+            await self._interrupt(request.interrupt.played_ms)
+        elif kind == "clear_audio":
+            self._recording = Recording(bytearray())
+        elif kind == "config":
+            raise WrongState("config is only accepted as the first message of a conversation")
+        else:
+            raise InvalidInput("empty ConverseRequest: set one of config, text, audio, commit, interrupt")
+
+    def _record(self, chunk: pb.AudioChunk) -> None:
+        recording = self._recording
+        if chunk.HasField("format"):
+            if recording.format is None:
+                recording.format = chunk.format
+            elif chunk.format != recording.format:
+                raise InvalidInput("an audio chunk changed format in the middle of a recording")
+        elif recording.format is None:
+            raise InvalidInput("the first audio chunk of a recording needs its format")
+        if len(recording.data) + len(chunk.data) > self._limits.max_turn_audio_bytes:
+            raise TooLarge(f"the recording is over the limit of {self._limits.max_turn_audio_bytes} bytes")
+        recording.data += chunk.data
+
+    async def _commit(self, commit: pb.Commit) -> None:
+        recording, self._recording = self._recording, Recording(bytearray())
+        if recording.format is None:
+            message = pb.UserMessage(text=commit.text)
+        else:
+            audio = pb.AudioInput(data=bytes(recording.data), format=recording.format)
+            message = pb.UserMessage(text=commit.text, audio=audio)
+        if recording.format is None and not commit.text.strip():
+            raise InvalidInput("empty turn: commit without audio or text")
+        await self._start(user_entry(message, self._limits, required=True))
+
+    async def _start(self, user: UserEntry) -> None:
+        if self._draining:
+            raise ShuttingDown("the server is shutting down; reconnect to continue the conversation")
+        await self._stop_turn(played_ms=None)
+        turn = Turn(upstream=self._upstream, settings=self.settings, history=tuple(self.history), user=user)
+        self._turn = turn
+        self._task = asyncio.create_task(self._run(turn), name=turn.turn_id)
+
+    async def _run(self, turn: Turn) -> None:
+        event: pb.TurnEvent | None = None
+        try:
+            async with aclosing(turn.events()) as events:
+                async for event in events:
+                    await self.outbox.put(pb.ConverseResponse(event=event))
+                    event = None
+        except TurnFailed as exc:
+            # A refused turn is in-band here so that the conversation survives it.
+            await self.outbox.put(pb.ConverseResponse(event=turn.failed_before_start(exc.failure)))
+        except asyncio.CancelledError:
+            if event is not None:
+                self.outbox.put_now(pb.ConverseResponse(event=event))
+            raise
+        self._remember(turn)
+        self._on_turn_end(turn)
+
+    async def _stop_turn(self, played_ms: int | None) -> bool:
+        """Interrupt the running turn, if any; True if one was running."""
+        task, turn = self._task, self._turn
+        if task is None or turn is None or task.done():
+            return False
+        task.cancel()
+        await asyncio.wait([task])
+        if turn.finished:
+            return False
+        self.outbox.put_now(pb.ConverseResponse(event=turn.interrupted(played_ms)))
+        self._remember(turn)
+        self._on_turn_end(turn)
+        return True
+
+    async def _interrupt(self, played_ms: int) -> None:
+        if await self._stop_turn(played_ms):
+            return
+        # The answer had fully arrived but the listener stopped it: forget what they never heard.
+        if self._last_answer is not None:
+            index, audio_ms = self._last_answer
+            entry = self.history[index]
+            if isinstance(entry, AssistantEntry) and played_ms < audio_ms:
+                self.history[index] = AssistantEntry(heard_part(entry.text, played_ms, audio_ms))
+            self._last_answer = None
+
+    def _remember(self, turn: Turn) -> None:
+        completion = turn.completion
+        if completion is None or completion.reason == pb.FINISH_REASON_ERROR:
+            return  # A failed turn is retried by the user; keeping it would duplicate their message.
+        self.history.append(turn.user)
+        audio_ms = completion.audio_samples * 1000 // SAMPLE_RATE_HZ
+        if completion.reason == pb.FINISH_REASON_INTERRUPTED:
+            text = heard_part(completion.transcript, completion.played_ms, audio_ms)
+            if text:
+                self.history.append(AssistantEntry(text))
+            self._last_answer = None
+        else:
+            self.history.append(
+                AssistantEntry(completion.transcript, completion.audio_id, completion.audio_expires_at)
+            )
+            self._last_answer = (len(self.history) - 1, audio_ms) if audio_ms else None
+        self._forget_old_recordings()
+
+    def _forget_old_recordings(self) -> None:
+        kept = 0
+        for index in range(len(self.history) - 1, -1, -1):
+            entry = self.history[index]
+            if isinstance(entry, UserEntry) and entry.audio is not None:
+                kept += len(entry.audio.data_b64)
+                if kept > MAX_HISTORY_AUDIO_BYTES:
+                    self.history[index] = UserEntry(entry.text or "(an earlier spoken message)", None)
+
+    async def finish(self) -> None:
+        """The client sent its last message: let the running answer end."""
+        if self._task is not None:
+            await asyncio.wait([self._task])
+
+    async def drain(self) -> None:
+        """The server is stopping: let the running answer end, then end the call so the client reconnects."""
+        self._draining = True
+        await self.finish()
+        self.outbox.put_now(
+            ShuttingDown("the server is shutting down; reconnect to continue the conversation")
+        )
+
+    async def close(self) -> None:
+        """The call is over: stop the running answer and close its upstream connection."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.wait([self._task])
+
+
+def heard_part(transcript: str, played_ms: int, audio_ms: int) -> str:
+    """The part of a transcript the listener heard, estimated from how much of the audio played."""
+    if audio_ms <= 0 or played_ms >= audio_ms:
+        return transcript
+    cut = len(transcript) * played_ms // audio_ms
+    # Cut at a word boundary so the model is not handed half a word.
+    space = transcript.rfind(" ", 0, cut + 1)
+    text = transcript[: space if space > 0 else cut].rstrip()
+    return f"{text}…" if text else ""

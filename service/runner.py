@@ -1,0 +1,56 @@
+"""`audiochat serve`: compose the upstream, the gRPC service and (by role) the edge, until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from service.offline.app import OfflineVoiceSettings
+from service.offline.server import OfflineVoiceServer
+from service.server import AudioChatServer
+from service.settings import Settings
+from service.upstream import OpenAIUpstream, Upstream
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def open_upstream(settings: Settings) -> AsyncIterator[Upstream]:
+    """The configured upstream; the offline voice is started in-process and reached over loopback HTTP."""
+    async with AsyncExitStack() as stack:
+        if settings.upstream_kind == "offline":
+            voice = OfflineVoiceServer(OfflineVoiceSettings(realtime_factor=settings.offline_realtime_factor))
+            await stack.enter_async_context(voice)
+            base_url: str | None = voice.base_url
+            api_key = "offline"
+            log.info("no OPENAI_API_KEY: answering with the offline voice", extra={"base_url": base_url})
+        else:
+            base_url, api_key = settings.openai_base_url or None, settings.openai_api_key
+        upstream = OpenAIUpstream(
+            api_key=api_key,
+            base_url=base_url,
+            timeout_seconds=settings.upstream_timeout_seconds,
+            max_retries=settings.upstream_max_retries,
+        )
+        stack.push_async_callback(upstream.close)
+        yield upstream
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT (or `stop` is set), then drain."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with open_upstream(settings) as upstream:
+        server = AudioChatServer(settings, upstream)
+        await server.start()
+        log.info(
+            "audiochat ready",
+            extra={"upstream": settings.upstream_kind, "model": settings.model, "grpc_port": server.port},
+        )
+        await stop.wait()
+        await server.stop()

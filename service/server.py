@@ -1,0 +1,87 @@
+"""The gRPC server: options, health, reflection, and a graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from audiochat.v1 import audiochat_pb2 as pb
+from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
+from service.servicer import AudioChatServicer
+from service.settings import Settings
+from service.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AudioChatService"].full_name
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel arguments: message sizes, keepalive, and connection age for rebalancing."""
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Pings keep idle conversations alive through NATs and load balancers and find dead peers.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.so_reuseport", 0),
+    ]
+    if settings.max_connection_age_seconds > 0:
+        # After a scale-out, long-lived channels reconnect and spread over the new replicas; running
+        # streams get the drain grace to finish.
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.drain_seconds * 1000)),
+        ]
+    return options
+
+
+class AudioChatServer:
+    """grpc.aio server hosting AudioChatService, health checking and reflection."""
+
+    def __init__(self, settings: Settings, upstream: Upstream) -> None:
+        self.settings = settings
+        self.servicer = AudioChatServicer(
+            upstream, defaults=settings.defaults, limits=settings.limits, max_streams=settings.max_streams
+        )
+        self.health = health.aio.HealthServicer()
+        self._server = grpc.aio.server(options=server_options(settings))
+        pb_grpc.add_AudioChatServiceServicer_to_server(self.servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = 0
+
+    async def start(self) -> int:
+        """Bind and start serving; return the bound port (useful when the setting is 0)."""
+        self.port = self._server.add_insecure_port(f"{self.settings.bind}:{self.settings.grpc_port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.bind}:{self.settings.grpc_port}")
+        await self._server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("gRPC service listening", extra={"port": self.port, "service": SERVICE_NAME})
+        return self.port
+
+    async def stop(self) -> None:
+        """Drain: NOT_SERVING, refuse new calls, let running turns finish within the grace, then cancel."""
+        await self.health.enter_graceful_shutdown()
+        log.info("draining", extra={"grace_seconds": self.settings.drain_seconds})
+        drain = asyncio.create_task(self.servicer.drain())
+        await self._server.stop(grace=self.settings.drain_seconds)
+        drain.cancel()
+        await asyncio.wait([drain])
+        log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        """Return when the server has stopped."""
+        await self._server.wait_for_termination()

@@ -1,0 +1,152 @@
+"""The AudioChatService servicer: thin. It admits calls, validates, runs turns; `errors` maps failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
+
+import grpc
+
+from audiochat.v1 import audiochat_pb2 as pb
+from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
+from service import observe
+from service.conversation import Conversation
+from service.errors import Overloaded, ShuttingDown, TurnFailed, WrongState, abort
+from service.turn import Turn
+from service.turn_input import Defaults, Limits, history_entries, resolve_settings, user_entry
+from service.upstream import Upstream
+
+ServicerContext = grpc.aio.ServicerContext[object, object]
+
+
+def transport_of(context: ServicerContext) -> str:
+    """The edge transport a call came through (bounded to known names), for logs and metrics."""
+    for key, value in context.invocation_metadata() or ():
+        if key == observe.TRANSPORT_METADATA_KEY and value in observe.TRANSPORTS:
+            return str(value)
+    return "grpc"
+
+
+class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
+    """Implements StreamTurn and Converse over one upstream."""
+
+    def __init__(self, upstream: Upstream, *, defaults: Defaults, limits: Limits, max_streams: int) -> None:
+        self._upstream = upstream
+        self._defaults = defaults
+        self._limits = limits
+        self._max_streams = max_streams
+        self._active = 0
+        self._conversations: set[Conversation] = set()
+        self.draining = False
+
+    @property
+    def active_streams(self) -> int:
+        """Calls being served now."""
+        return self._active
+
+    @contextmanager
+    def _admit(self) -> Iterator[None]:
+        if self.draining:
+            raise ShuttingDown("the server is shutting down; retry on another instance")
+        if self._active >= self._max_streams:
+            raise Overloaded(f"the server is at its limit of {self._max_streams} concurrent streams")
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
+
+    async def StreamTurn(
+        self, request: pb.StreamTurnRequest, context: ServicerContext
+    ) -> AsyncIterator[pb.TurnEvent]:
+        """One turn: validate, then stream its events."""
+        transport = transport_of(context)
+        try:
+            with self._admit():
+                turn = Turn(
+                    upstream=self._upstream,
+                    settings=resolve_settings(request.config, self._defaults),
+                    history=history_entries(request.history, self._limits),
+                    user=user_entry(request.input, self._limits, required=True),
+                )
+                try:
+                    async with aclosing(turn.events()) as events:
+                        async for event in events:
+                            yield event
+                except TurnFailed as exc:
+                    turn.failed_before_start(exc.failure)
+                    raise
+                finally:
+                    observe.turn_finished(turn, transport, time.perf_counter())
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await abort(context, exc)
+
+    # The stub types a stream handler as a generator; writing through the context lets a second task read.
+    async def Converse(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[pb.ConverseRequest], context: ServicerContext
+    ) -> None:
+        """One conversation: a reader task applies client messages while this task writes events."""
+        transport = transport_of(context)
+        try:
+            with self._admit():
+                first = await anext(aiter(request_iterator), None)
+                if first is None:
+                    return
+                if first.WhichOneof("request") != "config":
+                    raise WrongState("the first message of a conversation must be its config")
+                conversation = Conversation(
+                    first.config,
+                    upstream=self._upstream,
+                    defaults=self._defaults,
+                    limits=self._limits,
+                    on_turn_end=lambda turn: observe.turn_finished(turn, transport, time.perf_counter()),
+                )
+                self._conversations.add(conversation)
+                try:
+                    await self._converse(conversation, request_iterator, context)
+                finally:
+                    self._conversations.discard(conversation)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await abort(context, exc)
+
+    async def _converse(
+        self,
+        conversation: Conversation,
+        request_iterator: AsyncIterator[pb.ConverseRequest],
+        context: ServicerContext,
+    ) -> None:
+        started = pb.ConversationStarted(conversation_id=conversation.conversation_id)
+        await context.write(pb.ConverseResponse(started=started))
+        reader = asyncio.create_task(_read_requests(request_iterator, conversation))
+        try:
+            while (item := await conversation.outbox.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                await context.write(item)
+        finally:
+            reader.cancel()
+            await asyncio.wait([reader])
+            await conversation.close()
+
+    async def drain(self) -> None:
+        """Stop taking calls; let each conversation finish its answer, then end it with UNAVAILABLE."""
+        self.draining = True
+        await asyncio.gather(*(conversation.drain() for conversation in list(self._conversations)))
+
+
+async def _read_requests(requests: AsyncIterator[pb.ConverseRequest], conversation: Conversation) -> None:
+    try:
+        async for request in requests:
+            await conversation.handle(request)
+        await conversation.finish()
+        conversation.outbox.put_now(None)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        conversation.outbox.put_now(exc)

@@ -1,0 +1,93 @@
+"""Settings from the environment, overridable by command-line flags. One table, documented in the README."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from service.turn_input import Defaults, Limits
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything `audiochat serve` can be told."""
+
+    openai_api_key: str = field(default="", repr=False)
+    openai_base_url: str = ""
+    upstream: str = ""  # "openai" or "offline"; empty means openai when a key is set, else offline
+    model: str = "gpt-4o-audio-preview"
+    voice: str = "alloy"
+    bind: str = "0.0.0.0"
+    grpc_port: int = 50051
+    http_port: int = 8080
+    metrics_port: int = 9090
+    drain_seconds: float = 25.0
+    max_streams: int = 1000
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_connection_age_seconds: float = 0.0
+    upstream_timeout_seconds: float = 60.0
+    upstream_max_retries: int = 2
+    max_turn_audio_bytes: int = 20 * 1024 * 1024
+    max_turn_audio_seconds: float = 300.0
+    log_level: str = "info"
+    offline_realtime_factor: float = 0.0  # 0: the offline voice streams as fast as it speaks
+
+    @property
+    def upstream_kind(self) -> str:
+        """The upstream actually used."""
+        return self.upstream or ("openai" if self.openai_api_key else "offline")
+
+    @property
+    def defaults(self) -> Defaults:
+        """Defaults for what a TurnConfig leaves empty."""
+        return Defaults(model=self.model, voice=self.voice)
+
+    @property
+    def limits(self) -> Limits:
+        """Bounds on one turn."""
+        return Limits(
+            max_turn_audio_bytes=self.max_turn_audio_bytes, max_turn_audio_seconds=self.max_turn_audio_seconds
+        )
+
+    def validated(self) -> Settings:
+        """Self, or a ValueError naming the first bad setting."""
+        if self.upstream_kind not in ("openai", "offline"):
+            raise ValueError(f"AUDIOCHAT_UPSTREAM must be 'openai' or 'offline', not {self.upstream!r}")
+        if self.upstream_kind == "openai" and not self.openai_api_key:
+            raise ValueError("AUDIOCHAT_UPSTREAM=openai needs OPENAI_API_KEY")
+        for name in ("grpc_port", "http_port", "metrics_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name} must be a port number, not {port}")
+        if self.max_streams < 1 or self.max_message_bytes < 1024:
+            raise ValueError("max_streams must be positive and max_message_bytes at least 1024")
+        return self
+
+
+# Environment variable for each setting; OpenAI's own names are kept so existing deployments just work.
+ENVIRONMENT: dict[str, str] = {
+    "openai_api_key": "OPENAI_API_KEY",
+    "openai_base_url": "OPENAI_BASE_URL",
+    **{f.name: f"AUDIOCHAT_{f.name.upper()}" for f in fields(Settings) if not f.name.startswith("openai_")},
+}
+
+
+def from_environment(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, then from non-None overrides (command-line flags)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = environ.get(ENVIRONMENT[f.name])
+        if raw is None or raw == "":
+            continue
+        default: Any = f.default
+        kind = type(default)
+        try:
+            values[f.name] = kind(raw) if kind is not str else raw
+        except ValueError:
+            raise ValueError(f"{ENVIRONMENT[f.name]}={raw!r} is not a valid {kind.__name__}") from None
+    settings = replace(Settings(), **values)
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    return settings.validated()

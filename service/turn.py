@@ -1,0 +1,138 @@
+"""One turn: open the upstream, normalize its chunks, number the events, end with TurnCompleted."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import AsyncExitStack
+
+from audiochat.v1 import audiochat_pb2 as pb
+from service.errors import TurnFailed, UpstreamFailure
+from service.normalizer import OUTPUT_FORMAT, SAMPLE_RATE_HZ, Normalizer, Outcome
+from service.turn_input import Entry, TurnSettings, UserEntry
+from service.upstream import ChunkStream, Upstream
+from service.upstream_request import build_params, refers_to_audio_ids
+
+log = logging.getLogger(__name__)
+
+
+class Turn:
+    """Runs one answer. Iterate `events()` once; on interrupt, end it with `interrupted()`."""
+
+    def __init__(
+        self,
+        *,
+        upstream: Upstream,
+        settings: TurnSettings,
+        history: Sequence[Entry],
+        user: UserEntry,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.turn_id = f"turn_{uuid.uuid4().hex}"
+        self.settings = settings
+        self.user = user
+        self._upstream = upstream
+        self._history = history
+        self._clock = clock
+        self._normalizer = Normalizer()
+        self._sequence = 0
+        self.accepted_at = clock()
+        self.upstream_first_byte_at: float | None = None
+        self.first_audio_at: float | None = None
+        self.first_text_at: float | None = None
+        self.upstream_request_id = ""
+        self.completion: pb.TurnCompleted | None = None
+
+    async def events(self) -> AsyncGenerator[pb.TurnEvent, None]:
+        """The turn's events. Raises TurnFailed if the upstream refuses before the answer starts."""
+        async with AsyncExitStack() as stack:
+            stream = await self._open(stack)
+            self.upstream_request_id = stream.request_id
+            yield self._number(pb.TurnEvent(started=self._started()))
+            error: pb.TurnError | None = None
+            try:
+                async for chunk in stream.chunks():
+                    if self.upstream_first_byte_at is None:
+                        self.upstream_first_byte_at = self._clock()
+                    for event in self._normalizer.feed(chunk):
+                        yield self._number(event)
+                    if self._normalizer.failed:
+                        break
+            except TurnFailed as exc:
+                error = exc.failure.turn_error()
+            outcome = self._normalizer.finish(stream.saw_done)
+            if error is not None:
+                outcome.reason, outcome.error = pb.FINISH_REASON_ERROR, error
+        yield self._complete(outcome)
+
+    async def _open(self, stack: AsyncExitStack) -> ChunkStream:
+        try:
+            return await stack.enter_async_context(self._upstream.open(self._params(use_audio_ids=True)))
+        except TurnFailed as exc:
+            # Ids can expire before their announced time; the transcripts say the same thing.
+            if exc.failure.upstream_code != "audio_not_found" or not refers_to_audio_ids(self._history):
+                raise
+            log.info("turn %s: an audio id expired early; retrying with transcripts", self.turn_id)
+            return await stack.enter_async_context(self._upstream.open(self._params(use_audio_ids=False)))
+
+    def _params(self, *, use_audio_ids: bool) -> dict[str, object]:
+        return build_params(
+            self.settings, self._history, self.user, now=time.time(), use_audio_ids=use_audio_ids
+        )
+
+    def _started(self) -> pb.TurnStarted:
+        return pb.TurnStarted(
+            model=self.settings.model,
+            audio_format=OUTPUT_FORMAT if self.settings.speaks else None,
+            input_audio_ms=self.user.audio.duration_ms if self.user.audio else 0,
+            upstream_request_id=self.upstream_request_id,
+        )
+
+    def _number(self, event: pb.TurnEvent) -> pb.TurnEvent:
+        self._sequence += 1
+        event.turn_id = self.turn_id
+        event.sequence = self._sequence
+        if self.first_audio_at is None and event.HasField("audio"):
+            self.first_audio_at = self._clock()
+        elif self.first_text_at is None and event.HasField("text"):
+            self.first_text_at = self._clock()
+        return event
+
+    def _complete(self, outcome: Outcome, played_ms: int = 0) -> pb.TurnEvent:
+        self.completion = pb.TurnCompleted(
+            reason=outcome.reason,
+            transcript=outcome.transcript,
+            audio_id=outcome.audio_id,
+            audio_expires_at=outcome.audio_expires_at,
+            audio_samples=outcome.audio_samples,
+            played_ms=played_ms,
+            error=outcome.error,
+        )
+        return self._number(pb.TurnEvent(completed=self.completion))
+
+    def interrupted(self, played_ms: int | None) -> pb.TurnEvent:
+        """The last event of a turn stopped by the client; `played_ms` None means all that arrived."""
+        state = self._normalizer
+        received_ms = state.audio_samples * 1000 // SAMPLE_RATE_HZ
+        heard = received_ms if played_ms is None else min(played_ms, received_ms)
+        outcome = Outcome(
+            reason=pb.FINISH_REASON_INTERRUPTED,
+            transcript=state.transcript(),
+            audio_id=state.audio_id,
+            audio_expires_at=state.audio_expires_at,
+            audio_samples=state.audio_samples,
+        )
+        return self._complete(outcome, played_ms=heard)
+
+    def failed_before_start(self, failure: UpstreamFailure) -> pb.TurnEvent:
+        """The only event of a turn the upstream refused (used where a turn failure is in-band)."""
+        return self._complete(
+            Outcome(pb.FINISH_REASON_ERROR, "", "", 0, 0, error=failure.turn_error()),
+        )
+
+    @property
+    def finished(self) -> bool:
+        """Whether TurnCompleted was made."""
+        return self.completion is not None

@@ -1,0 +1,196 @@
+"""What a turn is asked, validated: its settings, its history and the new user input.
+
+Everything a client sends passes through here once, so bad input gets one clear INVALID_ARGUMENT
+message wherever it came from (StreamTurn, Converse, or an edge adapter through them).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from audiochat.v1 import audiochat_pb2 as pb
+from service.audio import AudioFormatError, mp3_duration_seconds, parse_wav, wrap_pcm16_as_wav
+from service.errors import InvalidInput
+
+STREAMED_SAMPLE_RATE_HZ = 24_000
+MIN_PCM_SAMPLE_RATE_HZ = 8_000
+MAX_PCM_SAMPLE_RATE_HZ = 96_000
+
+
+class TooLarge(InvalidInput):
+    """Input over a size limit (HTTP 413, WebSocket 1009 at the edge)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one turn may carry."""
+
+    max_turn_audio_bytes: int = 20 * 1024 * 1024
+    max_turn_audio_seconds: float = 300.0
+    max_text_chars: int = 200_000
+    max_history_items: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Server-side defaults for what a TurnConfig leaves empty."""
+
+    model: str = "gpt-4o-audio-preview"
+    voice: str = "alloy"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSettings:
+    """A TurnConfig with defaults applied and values checked."""
+
+    model: str
+    modalities: tuple[str, ...]
+    voice: str
+    instructions: str
+    max_output_tokens: int | None
+    temperature: float | None
+
+    @property
+    def speaks(self) -> bool:
+        """Whether the answer includes audio."""
+        return "audio" in self.modalities
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAudio:
+    """User audio ready for the upstream: a whole wav or mp3 file, base64-encoded."""
+
+    data_b64: str
+    format: str
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserEntry:
+    """A user message: text, audio, or both."""
+
+    text: str
+    audio: PreparedAudio | None
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantEntry:
+    """An earlier answer: its text, and its audio handle while that is valid."""
+
+    text: str
+    audio_id: str = ""
+    audio_expires_at: int = 0
+
+
+Entry = UserEntry | AssistantEntry
+
+
+def resolve_settings(config: pb.TurnConfig, defaults: Defaults) -> TurnSettings:
+    """Apply defaults to a TurnConfig and reject what the upstream could never stream."""
+    modalities = set(config.modalities)
+    unknown = modalities - {pb.MODALITY_TEXT, pb.MODALITY_AUDIO, pb.MODALITY_UNSPECIFIED}
+    if unknown:
+        raise InvalidInput(f"unknown modality {sorted(unknown)[0]}")
+    # Audio always comes with its transcript upstream, so "audio" alone means text and audio.
+    speaks = not modalities - {pb.MODALITY_UNSPECIFIED} or pb.MODALITY_AUDIO in modalities
+    output = config.output_audio_format
+    if output.encoding not in (pb.AUDIO_ENCODING_UNSPECIFIED, pb.AUDIO_ENCODING_PCM16):
+        raise InvalidInput("streamed answers are pcm16 only: leave output_audio_format unset or pcm16")
+    if output.sample_rate_hz not in (0, STREAMED_SAMPLE_RATE_HZ) or output.channels not in (0, 1):
+        raise InvalidInput("streamed answers are mono pcm16 at 24000 Hz")
+    temperature = config.temperature if config.HasField("temperature") else None
+    if temperature is not None and not (0.0 <= temperature <= 2.0 and math.isfinite(temperature)):
+        raise InvalidInput("temperature must be between 0 and 2")
+    max_tokens = config.max_output_tokens if config.HasField("max_output_tokens") else None
+    if max_tokens == 0:
+        raise InvalidInput("max_output_tokens must be positive when set")
+    return TurnSettings(
+        model=config.model or defaults.model,
+        modalities=("text", "audio") if speaks else ("text",),
+        voice=config.voice or defaults.voice,
+        instructions=config.instructions,
+        max_output_tokens=max_tokens,
+        temperature=temperature,
+    )
+
+
+def prepare_audio(audio: pb.AudioInput, limits: Limits) -> PreparedAudio:
+    """Check user audio and turn it into a file the upstream accepts (pcm16 is wrapped as WAV)."""
+    data = audio.data
+    encoding = audio.format.encoding
+    if not data:
+        raise InvalidInput("audio is empty")
+    if len(data) > limits.max_turn_audio_bytes:
+        raise TooLarge(f"audio of {len(data)} bytes is over the limit of {limits.max_turn_audio_bytes} bytes")
+    try:
+        if encoding == pb.AUDIO_ENCODING_PCM16:
+            prepared = _prepare_pcm16(data, audio.format)
+        elif encoding == pb.AUDIO_ENCODING_WAV:
+            info = parse_wav(data)
+            prepared = PreparedAudio(_b64(data), "wav", round(info.duration_seconds * 1000))
+        elif encoding == pb.AUDIO_ENCODING_MP3:
+            prepared = PreparedAudio(_b64(data), "mp3", round(mp3_duration_seconds(data) * 1000))
+        elif encoding == pb.AUDIO_ENCODING_UNSPECIFIED:
+            raise InvalidInput("audio format.encoding is required (pcm16, wav or mp3)")
+        else:
+            raise InvalidInput(f"unknown audio encoding {encoding}; supported: pcm16, wav, mp3")
+    except AudioFormatError as exc:
+        raise InvalidInput(
+            f"unreadable {pb.AudioEncoding.Name(encoding).removeprefix('AUDIO_ENCODING_')}: {exc}"
+        ) from exc
+    if prepared.duration_ms > limits.max_turn_audio_seconds * 1000:
+        raise TooLarge(
+            f"audio of {prepared.duration_ms / 1000:.1f} s is over the limit"
+            f" of {limits.max_turn_audio_seconds:g} s"
+        )
+    return prepared
+
+
+def _prepare_pcm16(data: bytes, audio_format: pb.AudioFormat) -> PreparedAudio:
+    rate = audio_format.sample_rate_hz
+    if not MIN_PCM_SAMPLE_RATE_HZ <= rate <= MAX_PCM_SAMPLE_RATE_HZ:
+        raise InvalidInput(
+            "pcm16 audio needs format.sample_rate_hz between"
+            f" {MIN_PCM_SAMPLE_RATE_HZ} and {MAX_PCM_SAMPLE_RATE_HZ}"
+        )
+    if audio_format.channels not in (0, 1):
+        raise InvalidInput("pcm16 audio must be mono")
+    if len(data) % 2:
+        raise InvalidInput("pcm16 audio must hold whole 16-bit samples (an even number of bytes)")
+    return PreparedAudio(_b64(wrap_pcm16_as_wav(data, rate)), "wav", len(data) * 1000 // (2 * rate))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def user_entry(message: pb.UserMessage, limits: Limits, *, required: bool) -> UserEntry:
+    """Validate a user message; a required one (the new input) must hold text or audio."""
+    if len(message.text) > limits.max_text_chars:
+        raise TooLarge(f"text of {len(message.text)} characters is over the limit of {limits.max_text_chars}")
+    audio = prepare_audio(message.audio, limits) if message.HasField("audio") else None
+    if required and not message.text.strip() and audio is None:
+        raise InvalidInput("empty turn: the input needs text or audio")
+    return UserEntry(text=message.text, audio=audio)
+
+
+def history_entries(items: Iterable[pb.HistoryItem], limits: Limits) -> list[Entry]:
+    """Validate a client-supplied history, oldest first."""
+    entries: list[Entry] = []
+    for item in items:
+        if len(entries) >= limits.max_history_items:
+            raise TooLarge(f"history is over the limit of {limits.max_history_items} messages")
+        which = item.WhichOneof("message")
+        if which == "user":
+            entries.append(user_entry(item.user, limits, required=False))
+        elif which == "assistant":
+            assistant = item.assistant
+            if not assistant.text and not assistant.audio_id:
+                raise InvalidInput("an assistant history message needs text or an audio_id")
+            entries.append(AssistantEntry(assistant.text, assistant.audio_id, assistant.audio_expires_at))
+        else:
+            raise InvalidInput("a history item must be a user or an assistant message")
+    return entries
