@@ -1,0 +1,85 @@
+"""Helpers to collect and summarise the events of a turn in tests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from audiochat.v1 import audiochat_pb2 as pb
+
+FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
+
+
+def expected(name: str) -> dict[str, Any]:
+    """The expected results of a capture."""
+    result: dict[str, Any] = json.loads((FIXTURES / f"{name}.expected.json").read_text())
+    return result
+
+
+@dataclass
+class Collected:
+    """One turn's events, folded."""
+
+    events: list[pb.TurnEvent] = field(default_factory=list)
+    text: str = ""
+    audio: bytearray = field(default_factory=bytearray)
+    usage: pb.Usage | None = None
+    completed: pb.TurnCompleted | None = None
+
+    def add(self, event: pb.TurnEvent) -> None:
+        """Fold one event, checking numbering as it goes."""
+        if self.events:
+            assert event.turn_id == self.events[0].turn_id
+        assert event.sequence == len(self.events) + 1, "sequence numbers must have no gaps"
+        self.events.append(event)
+        kind = event.WhichOneof("event")
+        if kind == "text":
+            self.text += event.text.text
+        elif kind == "audio":
+            assert event.audio.start_sample * 2 == len(self.audio)
+            self.audio += event.audio.data
+        elif kind == "usage":
+            self.usage = event.usage
+        elif kind == "completed":
+            self.completed = event.completed
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of all audio, in order."""
+        return hashlib.sha256(self.audio).hexdigest()
+
+    def assert_matches(self, name: str) -> None:
+        """Transcript, audio, finish reason, audio id, usage and error as the capture's expected results."""
+        want = expected(name)
+        done = self.completed
+        assert done is not None
+        assert self.events[0].HasField("started") and self.events[-1].HasField("completed")
+        assert self.text == want["text"] == done.transcript
+        assert len(self.audio) == want["audio_bytes"] == done.audio_samples * 2
+        assert self.sha256 == want["audio_sha256"]
+        assert done.audio_id == (want["audio_id"] or "")
+        assert done.audio_expires_at == (want["expires_at"] or 0)
+        reason = {"stop": pb.FINISH_REASON_STOP, "error": pb.FINISH_REASON_ERROR}[want["finish_reason"]]
+        assert done.reason == reason
+        if want["usage"] is None:
+            assert self.usage is None
+        else:
+            assert self.usage is not None
+            assert self.usage.input_tokens == want["usage"]["prompt_tokens"]
+            assert self.usage.output_tokens == want["usage"]["completion_tokens"]
+            details = want["usage"]["completion_tokens_details"]
+            assert self.usage.output_audio_tokens == details["audio_tokens"]
+            assert self.usage.output_text_tokens == details["text_tokens"]
+        if want["error"] is None:
+            assert not done.HasField("error")
+        else:
+            assert done.error.upstream_code == want["error"]["type"]
+            assert done.error.code == pb.ERROR_CODE_UNAVAILABLE and done.error.retryable
+
+
+def text_request(model: str, text: str = "Is a golden retriever a good family dog?") -> pb.StreamTurnRequest:
+    """A StreamTurn request for a typed question."""
+    return pb.StreamTurnRequest(config=pb.TurnConfig(model=model), input=pb.UserMessage(text=text))

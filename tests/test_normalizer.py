@@ -1,0 +1,225 @@
+"""The normalizer, table-driven over the captures, plus every quirk of the wire format pinned."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audiochat.v1 import audiochat_pb2 as pb
+from service.normalizer import Normalizer, Outcome
+from service.sse_decoder import DONE, SSEDecoder
+
+FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
+CAPTURES = sorted(p.name.removesuffix(".sse") for p in FIXTURES.glob("*.sse"))
+REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH, "error": pb.FINISH_REASON_ERROR}
+
+
+def decode(pieces: Iterable[bytes]) -> tuple[list[Mapping[str, Any]], bool]:
+    """Run byte pieces through the SSE decoder: (chunks, whether [DONE] arrived)."""
+    decoder = SSEDecoder()
+    chunks: list[Mapping[str, Any]] = []
+    saw_done = False
+    for piece in pieces:
+        for data in decoder.feed(piece):
+            if data == DONE:
+                saw_done = True
+            else:
+                chunks.append(json.loads(data))
+    for data in decoder.close():
+        chunks.append(json.loads(data))
+    return chunks, saw_done
+
+
+def normalize(chunks: Iterable[Mapping[str, Any]], saw_done: bool) -> tuple[list[pb.TurnEvent], Outcome]:
+    normalizer = Normalizer()
+    events = [event for chunk in chunks for event in normalizer.feed(chunk)]
+    return events, normalizer.finish(saw_done)
+
+
+def audio_of(events: list[pb.TurnEvent]) -> bytes:
+    return b"".join(e.audio.data for e in events if e.HasField("audio"))
+
+
+def text_of(events: list[pb.TurnEvent]) -> str:
+    return "".join(e.text.text for e in events if e.HasField("text"))
+
+
+def usage_as_upstream(usage: pb.Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "prompt_text": usage.input_text_tokens,
+        "prompt_audio": usage.input_audio_tokens,
+        "prompt_cached": usage.input_cached_tokens,
+        "completion_text": usage.output_text_tokens,
+        "completion_audio": usage.output_audio_tokens,
+    }
+
+
+def expected_usage(raw: dict[str, Any]) -> dict[str, int]:
+    return {
+        "prompt_tokens": raw["prompt_tokens"],
+        "completion_tokens": raw["completion_tokens"],
+        "prompt_text": raw["prompt_tokens_details"]["text_tokens"],
+        "prompt_audio": raw["prompt_tokens_details"]["audio_tokens"],
+        "prompt_cached": raw["prompt_tokens_details"]["cached_tokens"],
+        "completion_text": raw["completion_tokens_details"]["text_tokens"],
+        "completion_audio": raw["completion_tokens_details"]["audio_tokens"],
+    }
+
+
+def check_against_expected(name: str, events: list[pb.TurnEvent], outcome: Outcome) -> None:
+    """Assert events and outcome match NAME.expected.json."""
+    expected = json.loads((FIXTURES / f"{name}.expected.json").read_text())
+    audio = audio_of(events)
+    assert text_of(events) == expected["text"] == outcome.transcript
+    assert len(audio) == expected["audio_bytes"]
+    assert hashlib.sha256(audio).hexdigest() == expected["audio_sha256"]
+    assert outcome.audio_samples * 2 == expected["audio_bytes"]
+    assert outcome.audio_id == (expected["audio_id"] or "")
+    assert outcome.audio_expires_at == (expected["expires_at"] or 0)
+    assert outcome.reason == REASONS[expected["finish_reason"]]
+    sources = {e.text.source for e in events if e.HasField("text")}
+    want = pb.TEXT_SOURCE_TRANSCRIPT if expected["modality"] == "audio" else pb.TEXT_SOURCE_CONTENT
+    assert sources == {want}
+    usages = [e.usage for e in events if e.HasField("usage")]
+    if expected["usage"] is None:
+        assert usages == []
+    else:
+        assert [usage_as_upstream(u) for u in usages] == [expected_usage(expected["usage"])]
+    if expected["error"] is None:
+        assert outcome.error is None
+    else:
+        assert outcome.error is not None
+        assert outcome.error.upstream_code == expected["error"]["type"]
+        assert outcome.error.retryable
+
+
+def check_sample_placement(events: list[pb.TurnEvent]) -> None:
+    """Every AudioDelta holds whole samples and starts where the previous one ended."""
+    position = 0
+    for event in events:
+        if event.HasField("audio"):
+            assert len(event.audio.data) % 2 == 0
+            assert event.audio.start_sample == position
+            assert event.audio.format.sample_rate_hz == 24_000
+            position += len(event.audio.data) // 2
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_capture_normalizes_to_expected(name: str) -> None:
+    events, outcome = normalize(*decode([(FIXTURES / f"{name}.sse").read_bytes()]))
+    check_against_expected(name, events, outcome)
+    check_sample_placement(events)
+
+
+def test_every_capture_is_covered() -> None:
+    assert set(CAPTURES) == {p.name.removesuffix(".expected.json") for p in FIXTURES.glob("*.expected.json")}
+    assert len(CAPTURES) >= 4
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(CAPTURES), cuts=st.lists(st.integers(min_value=0, max_value=200_000), max_size=60))
+def test_network_split_points_do_not_change_events(name: str, cuts: list[int]) -> None:
+    body = (FIXTURES / f"{name}.sse").read_bytes()
+    points = sorted({min(c, len(body)) for c in cuts} | {0, len(body)})
+    pieces = [body[a:b] for a, b in zip(points, points[1:], strict=False)]
+    events, outcome = normalize(*decode(pieces))
+    check_against_expected(name, events, outcome)
+
+
+def audio_chunk(**audio: Any) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"audio": audio}, "finish_reason": None}]}
+
+
+@settings(max_examples=60, deadline=None)
+@given(pcm=st.binary(min_size=2, max_size=3000), sizes=st.lists(st.integers(1, 257), min_size=1, max_size=40))
+def test_odd_byte_pieces_are_carried_into_whole_samples(pcm: bytes, sizes: list[int]) -> None:
+    pcm = pcm[: len(pcm) // 2 * 2]
+    pieces, offset, index = [], 0, 0
+    while offset < len(pcm):
+        size = sizes[index % len(sizes)]
+        pieces.append(pcm[offset : offset + size])
+        offset, index = offset + size, index + 1
+    chunks = [audio_chunk(data=base64.b64encode(p).decode()) for p in pieces]
+    events, outcome = normalize([*chunks, audio_chunk(expires_at=1)], saw_done=True)
+    assert audio_of(events) == pcm
+    check_sample_placement(events)
+    assert outcome.audio_samples == len(pcm) // 2
+
+
+def test_repeated_audio_id_is_set_not_concatenated() -> None:
+    chunks = [
+        audio_chunk(id="audio_X", transcript="Hi"),
+        {"choices": [{"delta": {"role": "assistant", "audio": {"id": "audio_X", "data": "AAAA"}}}]},
+        audio_chunk(expires_at=99),
+    ]
+    _, outcome = normalize(chunks, saw_done=True)
+    assert outcome.audio_id == "audio_X"
+    assert outcome.audio_expires_at == 99
+
+
+@pytest.mark.parametrize(
+    ("tail", "reason"),
+    [
+        ([audio_chunk(expires_at=5)], pb.FINISH_REASON_STOP),
+        ([{"choices": [{"delta": {}, "finish_reason": "stop"}]}, audio_chunk(expires_at=5)], pb.FINISH_REASON_STOP),
+        ([audio_chunk(expires_at=5), {"choices": [{"delta": {}, "finish_reason": "length"}]}], pb.FINISH_REASON_LENGTH),
+        ([{"choices": [{"delta": {}, "finish_reason": "content_filter"}]}], pb.FINISH_REASON_CONTENT_FILTER),
+    ],
+)
+def test_finish_reason_in_any_order_or_absent(tail: list[dict[str, Any]], reason: int) -> None:
+    _, outcome = normalize([audio_chunk(id="audio_1", transcript="ok"), *tail], saw_done=True)
+    assert outcome.reason == reason
+    assert outcome.error is None
+
+
+def test_usage_chunk_with_empty_choices_and_unknown_fields() -> None:
+    chunks = [
+        {"choices": [{"delta": {"content": "hi", "brand_new_field": {"x": 1}}}], "obfuscation": "zzz"},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}, "service_tier": "default"},
+    ]
+    events, outcome = normalize(chunks, saw_done=True)
+    assert text_of(events) == "hi"
+    (usage,) = [e.usage for e in events if e.HasField("usage")]
+    assert (usage.input_tokens, usage.output_tokens, usage.output_audio_tokens) == (3, 2, 0)
+    assert outcome.reason == pb.FINISH_REASON_STOP
+
+
+def test_stream_cut_without_done_or_any_end_marker_is_an_error() -> None:
+    _, outcome = normalize([audio_chunk(id="audio_1", transcript="Once upon")], saw_done=False)
+    assert outcome.reason == pb.FINISH_REASON_ERROR
+    assert outcome.error is not None and outcome.error.code == pb.ERROR_CODE_UNAVAILABLE
+    assert outcome.transcript == "Once upon"
+
+
+def test_error_frame_stops_the_answer_and_maps_its_type() -> None:
+    normalizer = Normalizer()
+    normalizer.feed(audio_chunk(transcript="Sure"))
+    normalizer.feed({"error": {"message": "slow down", "type": "tokens", "code": "rate_limit_exceeded"}})
+    assert normalizer.failed
+    outcome = normalizer.finish(saw_done=False)
+    assert outcome.reason == pb.FINISH_REASON_ERROR
+    assert outcome.error is not None
+    assert outcome.error.code == pb.ERROR_CODE_RESOURCE_EXHAUSTED
+    assert outcome.error.message == "slow down"
+
+
+def test_refusal_text_reaches_the_listener() -> None:
+    events, outcome = normalize([{"choices": [{"delta": {"refusal": "I can't help with that."}}]}], True)
+    assert text_of(events) == "I can't help with that." == outcome.transcript
+
+
+def test_sse_decoder_handles_crlf_comments_and_multiline_data() -> None:
+    decoder = SSEDecoder()
+    events = decoder.feed(b": keep-alive\r\nevent: x\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\ndata: [DONE]")
+    assert events == [b'{"a":\n1}']
+    assert decoder.close() == [DONE]

@@ -1,0 +1,144 @@
+"""A local OpenAI-compatible server for tests: real HTTP (uvicorn), the real wire format.
+
+The request's `model` picks the behaviour, so a test reads as what it asks for:
+- `fixture/NAME`: the capture tests/fixtures/upstream/NAME.sse, byte for byte, in uneven network writes;
+- `slow/NAME`: the same capture, one event every `SLOW_EVENT_SECONDS`, so a test can cancel mid-answer;
+- `fresh/NAME`: the same capture as if recorded now: its `expires_at` is an hour from now;
+- `status/CODE/ERROR_CODE`: an HTTP error in OpenAI's shape (429 carries `retry-after-ms: 1500`).
+Every request body is recorded, and so is each stream the client closed before the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
+SLOW_EVENT_SECONDS = 0.05
+WRITE_SIZES = (1, 7, 300, 4096, 65536)  # uneven writes: events and base64 split across network reads
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def fixture_events(name: str) -> list[bytes]:
+    """The events of a capture, each with its blank-line terminator."""
+    body = (FIXTURES / f"{name}.sse").read_bytes()
+    return [event + b"\n\n" for event in body.split(b"\n\n") if event.strip()]
+
+
+class FixtureUpstream:
+    """Serves captures and scripted failures on 127.0.0.1; start with `async with`."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.closed_by_client = 0
+        self.client_closed = asyncio.Event()
+        self.streams_started = 0
+        self.fail_next: list[str] = []  # "STATUS/CODE" answers for the next requests, whatever their model
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.base_url = ""
+
+    async def __aenter__(self) -> FixtureUpstream:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        config = uvicorn.Config(self, log_level="warning", lifespan="off", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            await asyncio.sleep(0.005)
+        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None and self._task is not None
+        self._server.should_exit = True
+        await self._task
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        request = json.loads(body)
+        self.requests.append(request)
+        model = f"status/{self.fail_next.pop(0)}" if self.fail_next else str(request.get("model", ""))
+        kind, _, rest = model.partition("/")
+        if kind == "status":
+            await self._error(send, rest)
+        elif kind in ("fixture", "slow"):
+            await self._stream(send, receive, fixture_events(rest), slow=kind == "slow")
+        elif kind == "fresh":
+            await self._stream(send, receive, [_refresh(event) for event in fixture_events(rest)], slow=False)
+        else:
+            await _respond(send, 404, {"error": {"message": f"no such model {request.get('model')}"}})
+
+    async def _error(self, send: Send, rest: str) -> None:
+        status, _, code = rest.partition("/")
+        headers = [(b"retry-after-ms", b"1500")] if status == "429" else []
+        error = {"message": f"scripted {status}", "type": "scripted", "param": None, "code": code or None}
+        await _respond(send, int(status), {"error": error}, headers)
+
+    async def _stream(self, send: Send, receive: Receive, events: list[bytes], *, slow: bool) -> None:
+        self.streams_started += 1
+        headers = [(b"content-type", b"text/event-stream"), (b"x-request-id", b"req_fixture")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        disconnected = asyncio.create_task(_wait_disconnect(receive))
+        try:
+            if slow:
+                for event in events:
+                    if disconnected.done():
+                        break
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+                    await asyncio.wait([disconnected], timeout=SLOW_EVENT_SECONDS)
+            else:
+                body = b"".join(events)
+                offset, index = 0, 0
+                while offset < len(body):
+                    size = WRITE_SIZES[index % len(WRITE_SIZES)]
+                    await send({"type": "http.response.body", "body": body[offset : offset + size], "more_body": True})
+                    offset, index = offset + size, index + 1
+            if not disconnected.done():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass
+        finally:
+            if disconnected.done():
+                self.closed_by_client += 1
+                self.client_closed.set()
+            else:
+                disconnected.cancel()
+
+
+def _refresh(event: bytes) -> bytes:
+    return re.sub(rb'"expires_at":\s*\d+', b'"expires_at":%d' % (time.time() + 3600), event)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _respond(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    payload = json.dumps(body).encode()
+    all_headers = [(b"content-type", b"application/json"), (b"x-request-id", b"req_fixture"), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": payload})
