@@ -107,6 +107,7 @@ class _Pacer:
         self._sent_seconds = 0.0
 
     async def before_sending(self, audio_bytes: int) -> None:
+        """Wait until the audio sent so far has had its time, then count `audio_bytes` as sent."""
         if self._factor > 0:
             due = self._start + self._sent_seconds / self._factor
             await asyncio.sleep(max(0.0, due - time.monotonic()))
