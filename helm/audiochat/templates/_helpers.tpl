@@ -1,0 +1,116 @@
+{{/* Names, labels and the pieces both workloads share. */}}
+
+{{- define "audiochat.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* "<release>-<chart>", cut to leave room for the "-core"/"-edge" suffixes within 63 characters. */}}
+{{- define "audiochat.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 58 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 58 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 58 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "audiochat.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "audiochat.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "audiochat.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "audiochat.labels" -}}
+helm.sh/chart: {{ include "audiochat.chart" . }}
+{{ include "audiochat.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: audiochat
+{{- end }}
+
+{{/*
+The workloads this release runs, as a list: "core", and "edge" unless turned off.
+Templates range over it with a context built by audiochat.component.
+*/}}
+{{- define "audiochat.components" -}}
+{{- if .Values.edge.enabled }}core edge{{ else }}core{{ end }}
+{{- end }}
+
+{{/* Per-workload names and labels; the argument is (dict "root" $ "component" "core"|"edge"). */}}
+{{- define "audiochat.componentName" -}}
+{{- printf "%s-%s" (include "audiochat.fullname" .root) .component }}
+{{- end }}
+
+{{- define "audiochat.componentSelectorLabels" -}}
+{{ include "audiochat.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "audiochat.componentLabels" -}}
+{{ include "audiochat.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Pods carrying this label may reach the core when the NetworkPolicy is on. */}}
+{{- define "audiochat.coreClientLabel" -}}
+audiochat/core-client: "true"
+{{- end }}
+
+{{- define "audiochat.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{- define "audiochat.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "audiochat.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* "host:port" of the core's Service, the edge's gRPC target. */}}
+{{- define "audiochat.coreTarget" -}}
+{{- printf "%s:%d" (include "audiochat.componentName" (dict "root" . "component" "core")) (int .Values.core.service.port) }}
+{{- end }}
+
+{{/* The Secret the chart creates holds the inline OpenAI key and/or the inline edge API keys. */}}
+{{- define "audiochat.secretName" -}}
+{{- include "audiochat.fullname" . }}
+{{- end }}
+
+{{- define "audiochat.createsOpenaiSecret" -}}
+{{- if and .Values.openai.apiKey (not .Values.openai.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{- define "audiochat.createsApiKeysSecret" -}}
+{{- if and .Values.edge.enabled .Values.edge.apiKeys (not .Values.edge.existingApiKeysSecret) }}true{{ end }}
+{{- end }}
+
+{{- define "audiochat.createsSecret" -}}
+{{- if or (include "audiochat.createsOpenaiSecret" .) (include "audiochat.createsApiKeysSecret" .) }}true{{ end }}
+{{- end }}
+
+{{/* The kubelet waits for the preStop pause, then the service's own drain grace, then a margin. */}}
+{{- define "audiochat.terminationGracePeriodSeconds" -}}
+{{- add .Values.drain.preStopSeconds .Values.drain.graceSeconds .Values.drain.marginSeconds }}
+{{- end }}
+
+{{- define "audiochat.validate" -}}
+{{- if and .Values.openai.apiKey .Values.openai.existingSecret }}
+{{- fail "set either openai.apiKey or openai.existingSecret, not both" }}
+{{- end }}
+{{- if and .Values.edge.apiKeys .Values.edge.existingApiKeysSecret }}
+{{- fail "set either edge.apiKeys or edge.existingApiKeysSecret, not both" }}
+{{- end }}
+{{- end }}

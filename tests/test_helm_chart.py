@@ -1,0 +1,612 @@
+"""The Helm chart in helm/audiochat: lint, render over a matrix of values, validate every object against
+Kubernetes' own schemas, and check the wiring a schema cannot see (selectors, ports, secrets, drain).
+
+No helm binary and no cluster: helm-python-sdk runs Helm's Go library in-process, kubernetes-validate
+holds the Kubernetes OpenAPI schemas.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import re
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+from kubernetes_validate import utils as kube_schemas  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART_DIR = ROOT / "helm" / "audiochat"
+RELEASE = "talk"
+NAMESPACE = "voice"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest with schemas here.
+KUBE_VERSIONS = ("1.27.0", "1.37.0")
+# Custom resources without a schema in kubernetes-validate; anything else unknown is a failure.
+CRD_KINDS = {"ServiceMonitor"}
+INLINE_OPENAI_KEY = "sk-test-not-a-real-key"
+
+Manifest = dict[str, Any]
+VALUE_FILES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
+VALUE_SETS = ["default", *(path.name.removesuffix("-values.yaml") for path in VALUE_FILES)]
+
+
+def values_for(name: str) -> dict[str, Any]:
+    """The user values of one value set: none for "default", else ci/<name>-values.yaml."""
+    if name == "default":
+        return {}
+    return helm.values_from_yaml((CHART_DIR / "ci" / f"{name}-values.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def render(chart: helm.Chart) -> Callable[[dict[str, Any]], dict[str, str]]:
+    def _render(values: dict[str, Any]) -> dict[str, str]:
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+    return _render
+
+
+def objects(rendered: dict[str, str]) -> list[Manifest]:
+    """Every Kubernetes object in a rendering (NOTES.txt is prose, not YAML)."""
+    found: list[Manifest] = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        found.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return found
+
+
+@pytest.fixture(scope="module", params=VALUE_SETS)
+def manifests(
+    request: pytest.FixtureRequest, render: Callable[[dict[str, Any]], dict[str, str]]
+) -> Rendering:
+    return Rendering(objects(render(values_for(request.param))))
+
+
+class Rendering:
+    """One rendering's objects, with look-ups by kind and name."""
+
+    def __init__(self, items: list[Manifest]) -> None:
+        self.items = items
+
+    def of_kind(self, kind: str) -> list[Manifest]:
+        return [item for item in self.items if item["kind"] == kind]
+
+    def one(self, kind: str, name: str) -> Manifest:
+        [found] = [item for item in self.of_kind(kind) if item["metadata"]["name"] == name]
+        return found
+
+    def deployments(self) -> list[Manifest]:
+        return self.of_kind("Deployment")
+
+    def hook_pods(self) -> list[Manifest]:
+        return [
+            pod for pod in self.of_kind("Pod") if pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        ]
+
+    def pods_selected_by(self, selector: dict[str, str]) -> list[str]:
+        """Names of the Deployments whose pods the label selector picks."""
+        return [
+            deployment["metadata"]["name"]
+            for deployment in self.deployments()
+            if selector.items() <= pod_labels(deployment).items()
+        ]
+
+
+def pod_labels(deployment: Manifest) -> dict[str, str]:
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def container(workload: Manifest) -> Manifest:
+    spec = workload["spec"]["template"]["spec"] if workload["kind"] == "Deployment" else workload["spec"]
+    [only] = spec["containers"]
+    return dict(only)
+
+
+def env(workload: Manifest) -> dict[str, Manifest]:
+    return {item["name"]: item for item in container(workload).get("env", [])}
+
+
+def component(item: Manifest) -> str:
+    return str(item["metadata"]["labels"]["app.kubernetes.io/component"])
+
+
+# --- Chart metadata, lint and schema --------------------------------------------------------------
+
+
+def test_app_version_is_the_package_version(chart: helm.Chart) -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert chart.metadata["appVersion"] == pyproject["project"]["version"]
+
+
+def test_default_image_tag_is_the_app_version(chart: helm.Chart, manifests: Rendering) -> None:
+    for deployment in manifests.deployments():
+        image = container(deployment)["image"]
+        assert image.endswith(f":{chart.metadata['appVersion']}") or "@sha256:" in image
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_lint_is_clean_in_strict_mode(value_set: str) -> None:
+    # helm lint --strict fails on warnings as well as errors; the SDK returns findings as data.
+    report = helm.lint(CHART_DIR, values_for(value_set), strict=True, kube_version=f"v{KUBE_VERSIONS[0]}")
+    findings = [message for message in report["messages"] if message["severity"] >= 2]
+    assert report["errors"] == []
+    assert findings == []
+
+
+def test_defaults_satisfy_the_schema(chart: helm.Chart) -> None:
+    chart.validate_schema(chart.merge_values({}))
+
+
+BAD_VALUES = {
+    "typo at the top": ({"replicaCount": 3}, "additional properties 'replicaCount'"),
+    "typo inside core": ({"core": {"replicaCont": 3}}, "additional properties 'replicaCont'"),
+    "typo inside the ingress": ({"edge": {"ingress": {"enable": True}}}, "additional properties 'enable'"),
+    "string for a number": ({"core": {"replicaCount": "3"}}, "/core/replicaCount"),
+    "string for a port": ({"edge": {"ports": {"http": "8080"}}}, "/edge/ports/http"),
+    "port out of range": ({"core": {"ports": {"grpc": 70000}}}, "/core/ports/grpc"),
+    "unknown upstream": ({"config": {"upstream": "anthropic"}}, "/config/upstream"),
+    "negative drain": ({"drain": {"graceSeconds": -1}}, "/drain/graceSeconds"),
+    "comma inside an API key": ({"edge": {"apiKeys": ["a,b"]}}, "/edge/apiKeys/0"),
+    "bad PDB percentage": ({"core": {"pdb": {"maxUnavailable": "half"}}}, "/core/pdb/maxUnavailable"),
+}
+
+
+@pytest.mark.parametrize(("values", "complaint"), BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_bad_values_are_rejected(
+    chart: helm.Chart,
+    render: Callable[[dict[str, Any]], dict[str, str]],
+    values: dict[str, Any],
+    complaint: str,
+) -> None:
+    with pytest.raises(helm.HelmValuesError, match=re.escape(complaint)):
+        chart.validate_schema(chart.merge_values(values))
+    # What `helm install -f` does: the schema check runs before any template renders.
+    with pytest.raises(helm.HelmValuesError, match=re.escape(complaint)):
+        render(values)
+    report = helm.lint(CHART_DIR, values, strict=True)
+    assert any(complaint in error for error in report["errors"])
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"openai": {"apiKey": "k", "existingSecret": "s"}}, "openai.apiKey or openai.existingSecret"),
+        (
+            {"edge": {"apiKeys": ["k"], "existingApiKeysSecret": "s"}},
+            "edge.apiKeys or edge.existingApiKeysSecret",
+        ),
+        (
+            {"core": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}},
+            "core.autoscaling needs a CPU target",
+        ),
+    ],
+)
+def test_contradictory_values_fail_the_render(
+    render: Callable[[dict[str, Any]], dict[str, str]], values: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=re.escape(complaint)):
+        render(values)
+
+
+# Definitions shaped like Kubernetes fields (resources, probe timings): documented as a whole, not per key.
+KUBERNETES_SHAPED = {"#/definitions/resources", "#/definitions/probeTiming"}
+
+
+def schema_keys(schema: dict[str, Any], definitions: dict[str, Any], prefix: str = "") -> set[str]:
+    """Dotted paths of the chart-owned keys: those of objects whose schema lists their properties."""
+    if schema.get("$ref") in KUBERNETES_SHAPED:
+        return set()
+    if "$ref" in schema:
+        schema = definitions[schema["$ref"].rsplit("/", 1)[-1]]
+    keys: set[str] = set()
+    for name, sub in schema.get("properties", {}).items():
+        keys.add(prefix + name)
+        keys |= schema_keys(sub, definitions, f"{prefix}{name}.")
+    return keys
+
+
+def values_keys(values: dict[str, Any], owned: set[str], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for name, sub in values.items():
+        path = prefix + name
+        keys.add(path)
+        if isinstance(sub, dict) and any(key.startswith(path + ".") for key in owned):
+            keys |= values_keys(sub, owned, path + ".")
+    return keys
+
+
+def test_schema_and_values_yaml_declare_the_same_keys(chart: helm.Chart) -> None:
+    schema = chart.schema
+    assert schema is not None
+    owned = schema_keys(schema, schema["definitions"])
+    # values.yaml leaves out the keys whose default is null (`minAvailable: null` is in it, but Helm drops
+    # nulls), so compare with the file as YAML rather than with chart.values.
+    in_file = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    assert values_keys(in_file, owned) == owned
+
+
+def test_every_chart_owned_value_is_commented(chart: helm.Chart) -> None:
+    schema = chart.schema
+    assert schema is not None
+    owned = schema_keys(schema, schema["definitions"])
+    lines = (CHART_DIR / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    uncommented = []
+    for number, line in enumerate(lines):
+        match = re.match(r"^( *)([\w.-]+):", line)
+        if not match:
+            continue
+        indent, key = len(match.group(1)), match.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([*(name for _, name in stack), key])
+        stack.append((indent, key))
+        previous = lines[number - 1].strip() if number else ""
+        if path in owned and not previous.startswith("#"):
+            uncommented.append(path)
+    assert uncommented == []
+
+
+# --- Every object is a valid Kubernetes object ----------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cached_kubernetes_schemas() -> Iterator[None]:
+    # kubernetes-validate re-reads a 1.5 MB definitions file per object; read each file once.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kube_schemas, "schema_contents", functools.cache(kube_schemas.schema_contents))
+        yield
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_every_object_is_valid_for_kubernetes(manifests: Rendering, kube_version: str) -> None:
+    unchecked = set()
+    for item in manifests.items:
+        try:
+            kube_schemas.validate(item, kube_version, strict=True)
+        except kube_schemas.SchemaNotFoundError:
+            unchecked.add(item["kind"])
+        except kube_schemas.ValidationError as error:
+            where = ".".join(str(part) for part in error.path)
+            pytest.fail(f"{item['kind']}/{item['metadata']['name']} at {where}: {error.message}")
+    assert unchecked <= CRD_KINDS
+
+
+def test_objects_live_in_the_release_namespace(manifests: Rendering) -> None:
+    assert {item["metadata"]["namespace"] for item in manifests.items} == {NAMESPACE}
+
+
+# --- Wiring: selectors, ports, the edge's way to the core -----------------------------------------
+
+
+def test_each_deployment_selects_its_own_pods_only(manifests: Rendering) -> None:
+    for deployment in manifests.deployments():
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert manifests.pods_selected_by(selector) == [deployment["metadata"]["name"]]
+
+
+def test_services_select_their_component_and_target_named_container_ports(manifests: Rendering) -> None:
+    for service in manifests.of_kind("Service"):
+        [deployment] = [
+            manifests.one("Deployment", name)
+            for name in manifests.pods_selected_by(service["spec"]["selector"])
+        ]
+        assert component(deployment) == component(service)
+        container_ports = {port["name"]: port["containerPort"] for port in container(deployment)["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in container_ports
+
+
+def test_disruption_budgets_and_autoscalers_point_at_deployments(manifests: Rendering) -> None:
+    for budget in manifests.of_kind("PodDisruptionBudget"):
+        selected = manifests.pods_selected_by(budget["spec"]["selector"]["matchLabels"])
+        assert selected == [f"{budget['metadata']['name']}"]
+    for autoscaler in manifests.of_kind("HorizontalPodAutoscaler"):
+        target = autoscaler["spec"]["scaleTargetRef"]
+        assert target["kind"] == "Deployment"
+        manifests.one("Deployment", target["name"])
+
+
+def test_replicas_are_left_to_the_autoscaler(manifests: Rendering) -> None:
+    scaled = {hpa["spec"]["scaleTargetRef"]["name"] for hpa in manifests.of_kind("HorizontalPodAutoscaler")}
+    for deployment in manifests.deployments():
+        assert ("replicas" in deployment["spec"]) == (deployment["metadata"]["name"] not in scaled)
+
+
+def test_probes_hit_the_container_ports(manifests: Rendering) -> None:
+    for deployment in manifests.deployments():
+        spec = container(deployment)
+        by_name = {port["name"]: port["containerPort"] for port in spec["ports"]}
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            handler = spec[probe]
+            if component(deployment) == "core":
+                assert handler["grpc"]["port"] == by_name["grpc"]
+            else:
+                assert handler["httpGet"]["port"] in by_name
+        if component(deployment) == "core":
+            assert spec["readinessProbe"]["grpc"]["service"] == "audiochat.v1.AudioChatService"
+        else:
+            assert spec["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert spec["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_ports_reach_the_application_environment(manifests: Rendering) -> None:
+    for deployment in manifests.deployments():
+        ports = {port["name"]: str(port["containerPort"]) for port in container(deployment)["ports"]}
+        variables = env(deployment)
+        for name, variable in [
+            ("grpc", "AUDIOCHAT_GRPC_PORT"),
+            ("metrics", "AUDIOCHAT_METRICS_PORT"),
+            ("http", "AUDIOCHAT_HTTP_PORT"),
+        ]:
+            if name in ports:
+                assert variables[variable]["value"] == ports[name]
+
+
+def core_target(manifests: Rendering) -> str:
+    [core] = [service for service in manifests.of_kind("Service") if component(service) == "core"]
+    [grpc] = [port for port in core["spec"]["ports"] if port["name"] == "grpc"]
+    return f"{core['metadata']['name']}:{grpc['port']}"
+
+
+def test_edge_reaches_the_core_through_its_service(manifests: Rendering) -> None:
+    for deployment in manifests.deployments():
+        args = container(deployment)["args"]
+        if component(deployment) == "edge":
+            assert args[:3] == ["serve", "--role", "edge"]
+            assert args[args.index("--target") + 1] == core_target(manifests)
+        else:
+            assert args == ["serve", "--role", "core"]
+
+
+def test_helm_test_hooks_call_the_health_checks(manifests: Rendering) -> None:
+    pods = {pod["metadata"]["name"].rsplit("-test-", 1)[1]: pod for pod in manifests.hook_pods()}
+    edge_on = any(component(deployment) == "edge" for deployment in manifests.deployments())
+    assert set(pods) == ({"core-health", "edge-ready"} if edge_on else {"core-health"})
+    core_check = container(pods["core-health"])["command"]
+    assert core_check[-2:] == [core_target(manifests), "audiochat.v1.AudioChatService"]
+    assert "grpc_health.v1" in core_check[2]
+    if edge_on:
+        [edge] = [service for service in manifests.of_kind("Service") if component(service) == "edge"]
+        url = f"http://{edge['metadata']['name']}:{edge['spec']['ports'][0]['port']}/readyz"
+        assert container(pods["edge-ready"])["command"][-1] == url
+
+
+# --- Draining, security, secrets ------------------------------------------------------------------
+
+
+def test_grace_period_outlasts_the_pause_and_the_drain(manifests: Rendering) -> None:
+    for deployment in manifests.deployments():
+        spec = container(deployment)
+        drain = int(env(deployment)["AUDIOCHAT_DRAIN_SECONDS"]["value"])
+        sleep, seconds = spec["lifecycle"]["preStop"]["exec"]["command"]
+        assert sleep == "sleep"
+        assert int(seconds) > 0
+        assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > drain + int(seconds)
+
+
+def test_rolling_updates_never_remove_a_pod_before_its_successor_is_ready(manifests: Rendering) -> None:
+    for deployment in manifests.deployments():
+        assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_max_connection_age_is_on_by_default_and_settable(
+    render: Callable[[dict[str, Any]], dict[str, str]],
+) -> None:
+    def age(values: dict[str, Any]) -> str:
+        core = Rendering(objects(render(values))).one("Deployment", f"{RELEASE}-audiochat-core")
+        return str(env(core)["AUDIOCHAT_MAX_CONNECTION_AGE_SECONDS"]["value"])
+
+    assert int(age({})) > 0
+    assert age({"core": {"maxConnectionAgeSeconds": 0}}) == "0"
+    assert age({"core": {"maxConnectionAgeSeconds": 1800}}) == "1800"
+
+
+def test_pods_run_locked_down(manifests: Rendering) -> None:
+    for workload in [*manifests.deployments(), *manifests.hook_pods()]:
+        pod = workload["spec"]["template"]["spec"] if workload["kind"] == "Deployment" else workload["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        security = container(workload)["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"]["drop"] == ["ALL"]
+    for deployment in manifests.deployments():
+        # A read-only root: the one writable place the application uses is an emptyDir on /tmp.
+        [mount] = container(deployment)["volumeMounts"]
+        [volume] = deployment["spec"]["template"]["spec"]["volumes"]
+        assert (mount["mountPath"], mount["name"], "emptyDir" in volume) == ("/tmp", volume["name"], True)
+
+
+def secret_reference(workload: Manifest, variable: str) -> tuple[str, str] | None:
+    found = env(workload).get(variable)
+    if found is None:
+        return None
+    assert "value" not in found, f"{variable} is inlined"
+    reference = found["valueFrom"]["secretKeyRef"]
+    return reference["name"], reference["key"]
+
+
+def workload_named(manifests: Rendering, part: str) -> Manifest:
+    [found] = [deployment for deployment in manifests.deployments() if component(deployment) == part]
+    return found
+
+
+def test_inline_keys_go_into_the_charts_secret_and_are_referenced(
+    render: Callable[[dict[str, Any]], dict[str, str]],
+) -> None:
+    rendered = render(values_for("inline-secret"))
+    assert INLINE_OPENAI_KEY not in "".join(rendered.values())
+    manifests = Rendering(objects(rendered))
+    [secret] = manifests.of_kind("Secret")
+    data = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    name = secret["metadata"]["name"]
+    assert data["openai-api-key"] == INLINE_OPENAI_KEY
+    assert secret_reference(workload_named(manifests, "core"), "OPENAI_API_KEY") == (name, "openai-api-key")
+    assert secret_reference(workload_named(manifests, "edge"), "AUDIOCHAT_API_KEYS") == (name, "api-keys")
+    assert data["api-keys"] == "edge-key-one,edge-key-two"
+    # The edge never needs the model's key.
+    assert secret_reference(workload_named(manifests, "edge"), "OPENAI_API_KEY") is None
+    assert manifests.of_kind("ConfigMap") == []
+    # A changed key rolls the pods.
+    assert all(
+        "checksum/secret" in d["spec"]["template"]["metadata"]["annotations"] for d in manifests.deployments()
+    )
+
+
+def test_existing_secrets_are_referenced_and_none_is_created(
+    render: Callable[[dict[str, Any]], dict[str, str]],
+) -> None:
+    manifests = Rendering(objects(render(values_for("existing-secret"))))
+    core_key = secret_reference(workload_named(manifests, "core"), "OPENAI_API_KEY")
+    assert core_key == ("openai-credentials", "api-key")
+    edge_keys = secret_reference(workload_named(manifests, "edge"), "AUDIOCHAT_API_KEYS")
+    assert edge_keys == ("audiochat-edge-keys", "keys")
+    assert manifests.of_kind("Secret") == []
+
+
+def test_without_a_key_there_is_no_secret(render: Callable[[dict[str, Any]], dict[str, str]]) -> None:
+    manifests = Rendering(objects(render({})))
+    assert manifests.of_kind("Secret") == []
+    for deployment in manifests.deployments():
+        assert {"OPENAI_API_KEY", "AUDIOCHAT_API_KEYS", "AUDIOCHAT_UPSTREAM"}.isdisjoint(env(deployment))
+    assert "offline voice" in render({})["audiochat/templates/NOTES.txt"]
+
+
+# --- Optional objects -----------------------------------------------------------------------------
+
+
+def test_edge_off_leaves_only_the_core(render: Callable[[dict[str, Any]], dict[str, str]]) -> None:
+    rendered = render(values_for("edge-off"))
+    manifests = Rendering(objects(rendered))
+    labelled = [
+        item
+        for item in manifests.items
+        if item["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+    ]
+    assert {component(item) for item in labelled} == {"core", "test"}
+    assert manifests.of_kind("Ingress") == []
+    assert "edge.enabled=false" in rendered["audiochat/templates/NOTES.txt"]
+
+
+def test_ingress_keeps_streams_open_and_routes_to_the_edge(
+    render: Callable[[dict[str, Any]], dict[str, str]],
+) -> None:
+    manifests = Rendering(objects(render(values_for("ingress"))))
+    [ingress] = manifests.of_kind("Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
+    [edge] = [service for service in manifests.of_kind("Service") if component(service) == "edge"]
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            assert path["backend"]["service"] == {"name": edge["metadata"]["name"], "port": {"name": "http"}}
+    assert ingress["spec"]["tls"][0]["secretName"] == "audiochat-tls"
+    origins = env(workload_named(manifests, "edge"))["AUDIOCHAT_ALLOWED_ORIGINS"]["value"]
+    assert origins == "https://app.example.com,https://www.example.com"
+
+
+def test_service_monitors_scrape_each_service_metrics_port(
+    render: Callable[[dict[str, Any]], dict[str, str]],
+) -> None:
+    manifests = Rendering(objects(render(values_for("servicemonitor"))))
+    monitors = manifests.of_kind("ServiceMonitor")
+    assert {component(monitor) for monitor in monitors} == {"core", "edge"}
+    for monitor in monitors:
+        assert monitor["metadata"]["labels"]["release"] == "prometheus"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        [service] = [
+            s for s in manifests.of_kind("Service") if selector.items() <= s["metadata"]["labels"].items()
+        ]
+        [endpoint] = monitor["spec"]["endpoints"]
+        assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+        assert endpoint["path"] == "/metrics"
+    for deployment in manifests.deployments():
+        assert "prometheus.io/scrape" not in (
+            deployment["spec"]["template"]["metadata"].get("annotations", {})
+        )
+
+
+def test_hpa_scales_on_cpu_and_active_streams(render: Callable[[dict[str, Any]], dict[str, str]]) -> None:
+    manifests = Rendering(objects(render(values_for("hpa"))))
+    metrics = {component(hpa): hpa["spec"]["metrics"] for hpa in manifests.of_kind("HorizontalPodAutoscaler")}
+    assert [metric["type"] for metric in metrics["core"]] == ["Resource", "Pods"]
+    assert metrics["core"][1]["pods"]["metric"]["name"] == "audiochat_active_streams"
+    assert metrics["core"][1]["pods"]["target"]["averageValue"] == "150"
+    assert [metric["type"] for metric in metrics["edge"]] == ["Resource"]
+
+
+def test_network_policy_admits_only_the_edge_tests_and_listed_namespaces(
+    render: Callable[[dict[str, Any]], dict[str, str]],
+) -> None:
+    manifests = Rendering(objects(render(values_for("networkpolicy"))))
+    [policy] = manifests.of_kind("NetworkPolicy")
+    assert manifests.pods_selected_by(policy["spec"]["podSelector"]["matchLabels"]) == [
+        f"{RELEASE}-audiochat-core"
+    ]
+    grpc_rule, metrics_rule = policy["spec"]["ingress"]
+    peers = grpc_rule["from"]
+    clients = peers[0]["podSelector"]["matchLabels"]
+    assert manifests.pods_selected_by(clients) == [f"{RELEASE}-audiochat-edge"]
+    assert all(clients.items() <= pod["metadata"]["labels"].items() for pod in manifests.hook_pods())
+    assert [
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in peers[1:]
+    ] == ["apps"]
+    assert grpc_rule["ports"] == [{"port": 50051, "protocol": "TCP"}]
+    assert metrics_rule["ports"] == [{"port": 9090, "protocol": "TCP"}]
+
+
+def test_tuned_values_reach_the_pods(render: Callable[[dict[str, Any]], dict[str, str]]) -> None:
+    manifests = Rendering(objects(render(values_for("tuned"))))
+    core, edge = env(workload_named(manifests, "core")), env(workload_named(manifests, "edge"))
+    expected_core = {
+        "AUDIOCHAT_UPSTREAM": "openai",
+        "AUDIOCHAT_MODEL": "gpt-audio",
+        "AUDIOCHAT_VOICE": "verse",
+        "AUDIOCHAT_LOG_LEVEL": "debug",
+        "AUDIOCHAT_MAX_STREAMS": "250",
+        "AUDIOCHAT_MAX_MESSAGE_BYTES": "33554432",
+        "AUDIOCHAT_DRAIN_SECONDS": "120",
+        "AUDIOCHAT_MAX_CONNECTION_AGE_SECONDS": "900",
+        "AUDIOCHAT_UPSTREAM_TIMEOUT_SECONDS": "90",
+        "EXTRA": "1",
+    }
+    expected_edge = {
+        "AUDIOCHAT_MAX_BODY_BYTES": "10485760",
+        "AUDIOCHAT_MAX_TURN_AUDIO_SECONDS": "120",
+        "AUDIOCHAT_RESUME_SECONDS": "30",
+        "AUDIOCHAT_RESUME_BUFFER_BYTES": "4194304",
+        "AUDIOCHAT_HTTP_PORT": "9000",
+    }
+    assert {name: core[name]["value"] for name in expected_core} == expected_core
+    assert {name: edge[name]["value"] for name in expected_edge} == expected_edge
+    assert core_target(manifests) == "voice-core:443"
+    assert (
+        workload_named(manifests, "core")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 145
+    )
+    [budget] = manifests.of_kind("PodDisruptionBudget")
+    assert budget["spec"] == {**budget["spec"], "minAvailable": "50%"}
+    assert manifests.of_kind("ServiceAccount") == []
+
+
+def test_notes_tell_how_to_reach_both_services(render: Callable[[dict[str, Any]], dict[str, str]]) -> None:
+    notes = render({"edge": {"ingress": {"enabled": True}}})["audiochat/templates/NOTES.txt"]
+    assert f"port-forward svc/{RELEASE}-audiochat-core 50051:50051" in notes
+    assert f"port-forward svc/{RELEASE}-audiochat-edge 8080:8080" in notes
+    assert "http://audiochat.example.com/" in notes
+    assert f"helm test {RELEASE}" in notes
