@@ -1,0 +1,51 @@
+# syntax=docker/dockerfile:1
+# One image for both workloads of the Helm chart (helm/audiochat):
+#   audiochat serve --role core    the gRPC service (+ metrics)
+#   audiochat serve --role edge    the HTTP edge (SSE, WebSocket, OpenAI-compatible), talking to the core
+#   audiochat serve                both in one process (the default command)
+# Build: docker build -t audiochat:$(grep -m1 '^version' pyproject.toml | cut -d'"' -f2) .
+
+# Both stages must use the same base: the virtualenv links to its Python by path.
+# For byte-identical rebuilds pin a digest: --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:...
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN python -m venv /opt/venv
+WORKDIR /src
+# Dependencies first, so this layer is rebuilt only when the pins change. Exactly the pinned set
+# (--no-deps: nothing is resolved at build time) and wheels only, so no compiler is ever needed.
+COPY constraints.txt ./
+RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --requirement constraints.txt
+# Then the application, as a regular (not editable) install of its wheel. `pip check` fails the build
+# if constraints.txt misses a dependency.
+COPY pyproject.toml README.md ./
+COPY gen/ gen/
+COPY service/ service/
+COPY adapters/ adapters/
+RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
+ && /opt/venv/bin/pip install --no-deps /tmp/wheels/audiochat-*.whl \
+ && /opt/venv/bin/pip check \
+ && /opt/venv/bin/pip uninstall --yes pip setuptools
+
+FROM ${PYTHON_IMAGE} AS runtime
+# The installers of the base image are not needed at run time; the user matches the chart's runAsUser.
+RUN python -m pip uninstall --yes --root-user-action=ignore pip setuptools wheel \
+ && groupadd --gid 10001 audiochat \
+ && useradd --uid 10001 --gid audiochat --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin audiochat
+COPY --from=build /opt/venv /opt/venv
+# The root filesystem may be read-only (it is in the chart): bytecode was compiled at install time,
+# and the application writes only to /tmp.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+USER 10001:10001
+# gRPC, core metrics, edge HTTP.
+EXPOSE 50051 9090 8080
+# Exec form: audiochat is PID 1 and receives SIGTERM itself; it installs its own handler (PID 1 gets no
+# default signal actions) and drains open streams for AUDIOCHAT_DRAIN_SECONDS before exiting.
+ENTRYPOINT ["audiochat"]
+CMD ["serve"]
