@@ -72,7 +72,9 @@ async def test_two_turns_keep_history_by_audio_id(service: RunningService, upstr
     ]
 
 
-async def test_expired_answer_is_recalled_by_transcript(service: RunningService, upstream: FixtureUpstream) -> None:
+async def test_expired_answer_is_recalled_by_transcript(
+    service: RunningService, upstream: FixtureUpstream
+) -> None:
     # The capture's expires_at lies in the past, as an id does after an hour.
     call = await open_conversation(service, "fixture/audio_no_finish_reason")
     await call.write(text("Is a golden retriever a good family dog?"))
@@ -120,7 +122,11 @@ async def test_interrupt_stops_the_answer_and_closes_the_upstream(
     assert turn.completed is not None
     assert turn.completed.reason == pb.FINISH_REASON_INTERRUPTED
     assert turn.completed.played_ms == 50
-    assert turn.completed.audio_samples * 2 == len(turn.audio) < expected("audio_no_finish_reason")["audio_bytes"]
+    assert (
+        turn.completed.audio_samples * 2
+        == len(turn.audio)
+        < expected("audio_no_finish_reason")["audio_bytes"]
+    )
     await asyncio.wait_for(upstream.client_closed.wait(), timeout=2.0)
     # The next turn works, and its history holds only what was heard, never the full answer's audio id.
     upstream.requests.clear()
@@ -137,7 +143,9 @@ async def test_interrupt_stops_the_answer_and_closes_the_upstream(
     call.cancel()
 
 
-async def test_new_input_while_streaming_interrupts_first(service: RunningService, upstream: FixtureUpstream) -> None:
+async def test_new_input_while_streaming_interrupts_first(
+    service: RunningService, upstream: FixtureUpstream
+) -> None:
     call = await open_conversation(service, "slow/audio_finish_before_expires")
     await call.write(text("First question"))
     first = await read_turn(call, until_first_audio=True)
@@ -161,7 +169,11 @@ async def test_a_failed_turn_is_in_band_and_the_conversation_goes_on(
     assert failed.completed is not None and failed.completed.reason == pb.FINISH_REASON_ERROR
     error = failed.completed.error
     if failure.startswith("429"):
-        assert (error.code, error.retry_after_ms, error.retryable) == (pb.ERROR_CODE_RESOURCE_EXHAUSTED, 1500, True)
+        assert (error.code, error.retry_after_ms, error.retryable) == (
+            pb.ERROR_CODE_RESOURCE_EXHAUSTED,
+            1500,
+            True,
+        )
     else:
         assert (error.code, error.retryable) == (pb.ERROR_CODE_UNAVAILABLE, True)
     await call.write(text("Hello again?"))

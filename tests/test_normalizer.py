@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -127,11 +128,13 @@ def test_every_capture_is_covered() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(name=st.sampled_from(CAPTURES), cuts=st.lists(st.integers(min_value=0, max_value=200_000), max_size=60))
+@given(
+    name=st.sampled_from(CAPTURES), cuts=st.lists(st.integers(min_value=0, max_value=200_000), max_size=60)
+)
 def test_network_split_points_do_not_change_events(name: str, cuts: list[int]) -> None:
     body = (FIXTURES / f"{name}.sse").read_bytes()
     points = sorted({min(c, len(body)) for c in cuts} | {0, len(body)})
-    pieces = [body[a:b] for a, b in zip(points, points[1:], strict=False)]
+    pieces = [body[a:b] for a, b in itertools.pairwise(points)]
     events, outcome = normalize(*decode(pieces))
     check_against_expected(name, events, outcome)
 
@@ -171,8 +174,14 @@ def test_repeated_audio_id_is_set_not_concatenated() -> None:
     ("tail", "reason"),
     [
         ([audio_chunk(expires_at=5)], pb.FINISH_REASON_STOP),
-        ([{"choices": [{"delta": {}, "finish_reason": "stop"}]}, audio_chunk(expires_at=5)], pb.FINISH_REASON_STOP),
-        ([audio_chunk(expires_at=5), {"choices": [{"delta": {}, "finish_reason": "length"}]}], pb.FINISH_REASON_LENGTH),
+        (
+            [{"choices": [{"delta": {}, "finish_reason": "stop"}]}, audio_chunk(expires_at=5)],
+            pb.FINISH_REASON_STOP,
+        ),
+        (
+            [audio_chunk(expires_at=5), {"choices": [{"delta": {}, "finish_reason": "length"}]}],
+            pb.FINISH_REASON_LENGTH,
+        ),
         ([{"choices": [{"delta": {}, "finish_reason": "content_filter"}]}], pb.FINISH_REASON_CONTENT_FILTER),
     ],
 )
@@ -183,7 +192,7 @@ def test_finish_reason_in_any_order_or_absent(tail: list[dict[str, Any]], reason
 
 
 def test_usage_chunk_with_empty_choices_and_unknown_fields() -> None:
-    chunks = [
+    chunks: list[dict[str, Any]] = [
         {"choices": [{"delta": {"content": "hi", "brand_new_field": {"x": 1}}}], "obfuscation": "zzz"},
         {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}, "service_tier": "default"},
     ]
@@ -220,6 +229,6 @@ def test_refusal_text_reaches_the_listener() -> None:
 
 def test_sse_decoder_handles_crlf_comments_and_multiline_data() -> None:
     decoder = SSEDecoder()
-    events = decoder.feed(b": keep-alive\r\nevent: x\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\ndata: [DONE]")
+    events = decoder.feed(b': keep-alive\r\nevent: x\r\ndata: {"a":\r\ndata: 1}\r\n\r\ndata: [DONE]')
     assert events == [b'{"a":\n1}']
     assert decoder.close() == [DONE]

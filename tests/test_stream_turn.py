@@ -49,7 +49,9 @@ async def test_request_reaches_upstream_in_its_documented_shape(
     assert sent["temperature"] == 0.5
 
 
-async def test_text_only_modality_sends_no_audio_request(service: RunningService, upstream: FixtureUpstream) -> None:
+async def test_text_only_modality_sends_no_audio_request(
+    service: RunningService, upstream: FixtureUpstream
+) -> None:
     request = text_request("fixture/text_only")
     request.config.modalities.append(pb.MODALITY_TEXT)
     collected = await collect(service, request)
@@ -89,7 +91,9 @@ async def test_unreachable_upstream_is_unavailable(start_service: StartService) 
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_expired_audio_id_falls_back_to_transcript(service: RunningService, upstream: FixtureUpstream) -> None:
+async def test_expired_audio_id_falls_back_to_transcript(
+    service: RunningService, upstream: FixtureUpstream
+) -> None:
     request = text_request("fixture/text_only", "And cats?")
     request.history.add().user.text = "Dogs?"
     request.history.add().assistant.CopyFrom(
@@ -106,10 +110,14 @@ async def test_expired_audio_id_falls_back_to_transcript(service: RunningService
     assert messages[3] == {"role": "assistant", "audio": {"id": "audio_live"}}
 
 
-async def test_audio_not_found_is_retried_with_transcripts(service: RunningService, upstream: FixtureUpstream) -> None:
+async def test_audio_not_found_is_retried_with_transcripts(
+    service: RunningService, upstream: FixtureUpstream
+) -> None:
     request = text_request("status/400/audio_not_found")
     request.history.add().user.text = "Dogs?"
-    request.history.add().assistant.CopyFrom(pb.AssistantMessage(text="Dogs are great.", audio_id="audio_gone"))
+    request.history.add().assistant.CopyFrom(
+        pb.AssistantMessage(text="Dogs are great.", audio_id="audio_gone")
+    )
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await collect(service, request)
     # Both attempts were refused by the scripted upstream; the second carried the transcript, not the id.

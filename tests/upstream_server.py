@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-import uvicorn
+from service.embedded_http import EmbeddedHTTPServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
 SLOW_EVENT_SECONDS = 0.05
@@ -46,26 +45,16 @@ class FixtureUpstream:
         self.client_closed = asyncio.Event()
         self.streams_started = 0
         self.fail_next: list[str] = []  # "STATUS/CODE" answers for the next requests, whatever their model
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._http = EmbeddedHTTPServer(self)
         self.base_url = ""
 
     async def __aenter__(self) -> FixtureUpstream:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(self, log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            await asyncio.sleep(0.005)
-        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        port = await self._http.start()
+        self.base_url = f"http://127.0.0.1:{port}/v1"
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        assert self._server is not None and self._task is not None
-        self._server.should_exit = True
-        await self._task
+        await self._http.stop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,7 +101,13 @@ class FixtureUpstream:
                 offset, index = 0, 0
                 while offset < len(body):
                     size = WRITE_SIZES[index % len(WRITE_SIZES)]
-                    await send({"type": "http.response.body", "body": body[offset : offset + size], "more_body": True})
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": body[offset : offset + size],
+                            "more_body": True,
+                        }
+                    )
                     offset, index = offset + size, index + 1
             if not disconnected.done():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -139,6 +134,10 @@ async def _respond(
     send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     payload = json.dumps(body).encode()
-    all_headers = [(b"content-type", b"application/json"), (b"x-request-id", b"req_fixture"), *(headers or [])]
+    all_headers = [
+        (b"content-type", b"application/json"),
+        (b"x-request-id", b"req_fixture"),
+        *(headers or []),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": all_headers})
     await send({"type": "http.response.body", "body": payload})
