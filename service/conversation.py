@@ -39,27 +39,31 @@ OUTBOX_SOFT_LIMIT = 64
 MAX_HISTORY_AUDIO_BYTES = 8 * 1024 * 1024
 
 
+# An event on its way out: the response, its turn, and when the chunk behind it was read.
+Delivery = tuple[pb.ConverseResponse, Turn, float]
+
+
 class Outbox:
     """A queue whose producers wait for room, except the one that must not lose an event."""
 
     def __init__(self, soft_limit: int = OUTBOX_SOFT_LIMIT) -> None:
-        self._queue: asyncio.Queue[pb.ConverseResponse | BaseException | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Delivery | BaseException | None] = asyncio.Queue()
         self._soft_limit = soft_limit
         self._room = asyncio.Event()
         self._room.set()
 
-    async def put(self, item: pb.ConverseResponse) -> None:
+    async def put(self, item: Delivery) -> None:
         """Add an item once there is room."""
         while self._queue.qsize() >= self._soft_limit:
             self._room.clear()
             await self._room.wait()
         self._queue.put_nowait(item)
 
-    def put_now(self, item: pb.ConverseResponse | BaseException | None) -> None:
+    def put_now(self, item: Delivery | BaseException | None) -> None:
         """Add an item past the limit: a last event, a failure, or None for the end."""
         self._queue.put_nowait(item)
 
-    async def get(self) -> pb.ConverseResponse | BaseException | None:
+    async def get(self) -> Delivery | BaseException | None:
         """The next item: a response, the exception that ends the call, or None for a clean end."""
         item = await self._queue.get()
         if self._queue.qsize() < self._soft_limit:
@@ -157,14 +161,15 @@ class Conversation:
         try:
             async with aclosing(turn.events()) as events:
                 async for event in events:
-                    await self.outbox.put(pb.ConverseResponse(event=event))
+                    await self.outbox.put((pb.ConverseResponse(event=event), turn, turn.chunk_read_at))
                     event = None
         except TurnFailed as exc:
             # A refused turn is in-band here so that the conversation survives it.
-            await self.outbox.put(pb.ConverseResponse(event=turn.failed_before_start(exc.failure)))
+            failed = turn.failed_before_start(exc.failure)
+            await self.outbox.put((pb.ConverseResponse(event=failed), turn, turn.chunk_read_at))
         except asyncio.CancelledError:
             if event is not None:
-                self.outbox.put_now(pb.ConverseResponse(event=event))
+                self.outbox.put_now((pb.ConverseResponse(event=event), turn, turn.chunk_read_at))
             raise
         self._remember(turn)
         self._on_turn_end(turn)
@@ -178,7 +183,8 @@ class Conversation:
         await asyncio.wait([task])
         if turn.finished:
             return False
-        self.outbox.put_now(pb.ConverseResponse(event=turn.interrupted(played_ms)))
+        interrupted = turn.interrupted(played_ms)
+        self.outbox.put_now((pb.ConverseResponse(event=interrupted), turn, turn.chunk_read_at))
         self._remember(turn)
         self._on_turn_end(turn)
         return True

@@ -60,6 +60,7 @@ class Normalizer:
         "_finish_reason",
         "_next_sample",
         "_text_pieces",
+        "usage",
     )
 
     def __init__(self) -> None:
@@ -70,6 +71,7 @@ class Normalizer:
         self._carry = b""
         self._finish_reason: str | None = None
         self._error: pb.TurnError | None = None
+        self.usage: pb.Usage | None = None
 
     @property
     def failed(self) -> bool:
@@ -99,7 +101,8 @@ class Normalizer:
                 self._finish_reason = reason
         usage = chunk.get("usage")
         if usage:
-            deltas.append(pb.TurnEvent(usage=usage_from_upstream(usage)))
+            self.usage = usage_from_upstream(usage)
+            deltas.append(pb.TurnEvent(usage=self.usage))
         return deltas
 
     def _fold_delta(self, delta: Mapping[str, Any], deltas: list[pb.TurnEvent]) -> None:

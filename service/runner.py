@@ -8,6 +8,8 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from service import metrics
+from service.embedded_http import EmbeddedHTTPServer
 from service.offline.app import OfflineVoiceSettings
 from service.offline.server import OfflineVoiceServer
 from service.server import AudioChatServer
@@ -48,9 +50,15 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     async with open_upstream(settings) as upstream:
         server = AudioChatServer(settings, upstream)
         await server.start()
+        metrics_endpoint = EmbeddedHTTPServer(
+            metrics.asgi_app(), host=settings.bind, port=settings.metrics_port
+        )
+        await metrics_endpoint.start()
+        log.info("metrics at /metrics", extra={"metrics_port": metrics_endpoint.port})
         log.info(
             "audiochat ready",
             extra={"upstream": settings.upstream_kind, "model": settings.model, "grpc_port": server.port},
         )
         await stop.wait()
         await server.stop()
+        await metrics_endpoint.stop()

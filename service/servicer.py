@@ -11,7 +11,7 @@ import grpc
 
 from audiochat.v1 import audiochat_pb2 as pb
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
-from service import observe
+from service import metrics, observe
 from service.conversation import Conversation
 from service.errors import Overloaded, ShuttingDown, TurnFailed, WrongState, abort
 from service.turn import Turn
@@ -47,24 +47,27 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         return self._active
 
     @contextmanager
-    def _admit(self) -> Iterator[None]:
+    def _admit(self, meter: metrics.TransportMetrics) -> Iterator[None]:
         if self.draining:
             raise ShuttingDown("the server is shutting down; retry on another instance")
         if self._active >= self._max_streams:
             raise Overloaded(f"the server is at its limit of {self._max_streams} concurrent streams")
         self._active += 1
+        meter.active.inc()
         try:
             yield
         finally:
             self._active -= 1
+            meter.active.dec()
 
     async def StreamTurn(
         self, request: pb.StreamTurnRequest, context: ServicerContext
     ) -> AsyncIterator[pb.TurnEvent]:
         """One turn: validate, then stream its events."""
         transport = transport_of(context)
+        meter = metrics.for_transport(transport)
         try:
-            with self._admit():
+            with self._admit(meter):
                 turn = Turn(
                     upstream=self._upstream,
                     settings=resolve_settings(request.config, self._defaults),
@@ -74,7 +77,9 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                 try:
                     async with aclosing(turn.events()) as events:
                         async for event in events:
+                            read_at = turn.chunk_read_at
                             yield event
+                            observe.event_sent(meter, turn, event, read_at)
                 except TurnFailed as exc:
                     turn.failed_before_start(exc.failure)
                     raise
@@ -91,8 +96,9 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
     ) -> None:
         """One conversation: a reader task applies client messages while this task writes events."""
         transport = transport_of(context)
+        meter = metrics.for_transport(transport)
         try:
-            with self._admit():
+            with self._admit(meter):
                 first = await anext(aiter(request_iterator), None)
                 if first is None:
                     return
@@ -107,7 +113,7 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                 )
                 self._conversations.add(conversation)
                 try:
-                    await self._converse(conversation, request_iterator, context)
+                    await self._converse(conversation, request_iterator, context, meter)
                 finally:
                     self._conversations.discard(conversation)
         except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -120,6 +126,7 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         conversation: Conversation,
         request_iterator: AsyncIterator[pb.ConverseRequest],
         context: ServicerContext,
+        meter: metrics.TransportMetrics,
     ) -> None:
         started = pb.ConversationStarted(conversation_id=conversation.conversation_id)
         await context.write(pb.ConverseResponse(started=started))
@@ -128,7 +135,9 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
             while (item := await conversation.outbox.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                await context.write(item)
+                response, turn, read_at = item
+                await context.write(response)
+                observe.event_sent(meter, turn, response.event, read_at)
         finally:
             reader.cancel()
             await asyncio.wait([reader])

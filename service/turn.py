@@ -44,18 +44,22 @@ class Turn:
         self.first_text_at: float | None = None
         self.upstream_request_id = ""
         self.completion: pb.TurnCompleted | None = None
+        # When the chunk behind the event being handed out was read: the start of the gateway's own latency.
+        self.chunk_read_at = self.accepted_at
 
     async def events(self) -> AsyncGenerator[pb.TurnEvent, None]:
         """The turn's events. Raises TurnFailed if the upstream refuses before the answer starts."""
         async with AsyncExitStack() as stack:
             stream = await self._open(stack)
+            self.chunk_read_at = self._clock()
             self.upstream_request_id = stream.request_id
             yield self._number(pb.TurnEvent(started=self._started()))
             error: pb.TurnError | None = None
             try:
                 async for chunk in stream.chunks():
+                    self.chunk_read_at = self._clock()
                     if self.upstream_first_byte_at is None:
-                        self.upstream_first_byte_at = self._clock()
+                        self.upstream_first_byte_at = self.chunk_read_at
                     for event in self._normalizer.feed(chunk):
                         yield self._number(event)
                     if self._normalizer.failed:
@@ -94,13 +98,15 @@ class Turn:
         self._sequence += 1
         event.turn_id = self.turn_id
         event.sequence = self._sequence
-        if self.first_audio_at is None and event.HasField("audio"):
-            self.first_audio_at = self._clock()
-        elif self.first_text_at is None and event.HasField("text"):
-            self.first_text_at = self._clock()
         return event
 
+    @property
+    def usage(self) -> pb.Usage | None:
+        """Token counts, if the upstream reported them."""
+        return self._normalizer.usage
+
     def _complete(self, outcome: Outcome, played_ms: int = 0) -> pb.TurnEvent:
+        self.chunk_read_at = self._clock()
         self.completion = pb.TurnCompleted(
             reason=outcome.reason,
             transcript=outcome.transcript,

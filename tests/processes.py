@@ -63,7 +63,8 @@ def audiochat_serve(*args: str) -> Iterator[ServeProcess]:
     """Start `audiochat serve ARGS` on free ports; stop it at the end."""
     process = subprocess.Popen(
         [*AUDIOCHAT, "serve", "--bind", "127.0.0.1", "--grpc-port", "0", *args],
-        env=offline_environment(),
+        # Every port free-picked, so tests never collide with a running `make run` or each other.
+        env={**offline_environment(), "AUDIOCHAT_METRICS_PORT": "0", "AUDIOCHAT_HTTP_PORT": "0"},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -1,0 +1,158 @@
+"""Prometheus metrics: names, units, buckets and labels as the design's "Metrics" section says.
+
+Labels are bounded (transport, outcome, status code, direction, modality): never a user, turn or
+conversation. Label children are resolved once per transport and cached, so the per-event cost on the hot
+path is one clock read and one histogram observation.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+    make_asgi_app,
+)
+
+from audiochat.v1 import audiochat_pb2 as pb
+
+LATENCY_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40,
+)  # fmt: skip
+# The gateway's own per-event latency lives far below the turn-level buckets.
+RELAY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.1, 0.25, 1)
+
+TIME_TO_FIRST_AUDIO = Histogram(
+    "audiochat_time_to_first_audio_seconds",
+    "Turn accepted to its first audio delta handed to the client's transport.",
+    ["transport"],
+    buckets=LATENCY_BUCKETS,
+)
+TIME_TO_FIRST_TEXT = Histogram(
+    "audiochat_time_to_first_text_seconds",
+    "Turn accepted to its first text delta handed to the client's transport.",
+    ["transport"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_TIME_TO_FIRST_BYTE = Histogram(
+    "audiochat_upstream_time_to_first_byte_seconds",
+    "Upstream request sent to its first streamed chunk.",
+    buckets=LATENCY_BUCKETS,
+)
+TURN_DURATION = Histogram(
+    "audiochat_turn_duration_seconds",
+    "Turn accepted to its last event.",
+    ["transport", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+RELAY_ADDED = Histogram(
+    "audiochat_relay_added_seconds",
+    "Upstream chunk read to its event handed to the client's transport: the gateway's own latency per event.",
+    ["transport"],
+    buckets=RELAY_BUCKETS,
+)
+EDGE_RELAY_ADDED = Histogram(
+    "audiochat_edge_relay_added_seconds",
+    "At the edge: event received from the core to written to the HTTP or WebSocket client.",
+    ["transport"],
+    buckets=RELAY_BUCKETS,
+)
+ACTIVE_STREAMS = Gauge("audiochat_active_streams", "Calls being served now.", ["transport"])
+TURNS = Counter("audiochat_turns_total", "Turns by how they ended.", ["transport", "outcome"])
+INTERRUPTIONS = Counter("audiochat_interruptions_total", "Answers stopped by the client.", ["transport"])
+AUDIO_SECONDS = Counter("audiochat_audio_seconds_total", "Seconds of audio relayed.", ["direction"])
+TOKENS = Counter("audiochat_tokens_total", "Tokens the upstream reported.", ["direction", "modality"])
+UPSTREAM_ERRORS = Counter("audiochat_upstream_errors_total", "Failed upstream turns by status.", ["code"])
+RESUMES = Counter("audiochat_resumes_total", "SSE reconnections with Last-Event-ID.", ["result"])
+BUILD_INFO = Info("audiochat_build", "Version of the running gateway.")
+
+_AUDIO_IN = AUDIO_SECONDS.labels("in")
+_AUDIO_OUT = AUDIO_SECONDS.labels("out")
+_TOKENS = {
+    (direction, modality): TOKENS.labels(direction, modality)
+    for direction in ("input", "output")
+    for modality in ("text", "audio")
+}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("audiochat")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+BUILD_INFO.info({"version": _version(), "python": platform.python_version()})
+
+
+@dataclass(frozen=True, slots=True)
+class TransportMetrics:
+    """The label children of one transport, resolved once."""
+
+    first_audio: Histogram
+    first_text: Histogram
+    relay_added: Histogram
+    edge_relay_added: Histogram
+    active: Gauge
+    interruptions: Counter
+    transport: str
+
+
+@cache
+def for_transport(transport: str) -> TransportMetrics:
+    """Cached children for a transport (the transport set is bounded by the servicer)."""
+    return TransportMetrics(
+        first_audio=TIME_TO_FIRST_AUDIO.labels(transport),
+        first_text=TIME_TO_FIRST_TEXT.labels(transport),
+        relay_added=RELAY_ADDED.labels(transport),
+        edge_relay_added=EDGE_RELAY_ADDED.labels(transport),
+        active=ACTIVE_STREAMS.labels(transport),
+        interruptions=INTERRUPTIONS.labels(transport),
+        transport=transport,
+    )
+
+
+def record_usage(usage: pb.Usage) -> None:
+    """Count the tokens of one turn."""
+    _TOKENS["input", "text"].inc(usage.input_text_tokens)
+    _TOKENS["input", "audio"].inc(usage.input_audio_tokens)
+    _TOKENS["output", "text"].inc(usage.output_text_tokens)
+    _TOKENS["output", "audio"].inc(usage.output_audio_tokens)
+
+
+def record_audio(seconds_in: float, seconds_out: float) -> None:
+    """Count audio relayed in each direction."""
+    if seconds_in:
+        _AUDIO_IN.inc(seconds_in)
+    if seconds_out:
+        _AUDIO_OUT.inc(seconds_out)
+
+
+def record_turn(transport: str, outcome: str, duration_seconds: float, error_code: str | None) -> None:
+    """Count a finished turn and its duration."""
+    TURNS.labels(transport, outcome).inc()
+    TURN_DURATION.labels(transport, outcome).observe(duration_seconds)
+    if outcome == "interrupted":
+        for_transport(transport).interruptions.inc()
+    if error_code is not None:
+        UPSTREAM_ERRORS.labels(error_code).inc()
+
+
+def asgi_app() -> Any:
+    """An ASGI app serving the exposition (on its own port for the core, at /metrics on the edge)."""
+    return make_asgi_app(REGISTRY)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every metric, and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
