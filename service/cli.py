@@ -1,4 +1,4 @@
-"""The `audiochat` command: `serve` runs the service; `say` and `ask` are its smallest clients."""
+"""The `audiochat` command: `serve` runs the service, `edge` its HTTP edge alone; `say`, `ask` are clients."""
 
 from __future__ import annotations
 
@@ -22,6 +22,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("serve", help="run the gRPC service (settings also from AUDIOCHAT_* variables)")
+    edge = commands.add_parser("edge", help="run only the HTTP/WebSocket edge against a remote core")
+    edge.add_argument("--target", required=True, help="the core's gRPC address, host:port")
+    edge.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
+    edge.add_argument("--bind", help="address to listen on (default 0.0.0.0)")
+    edge.add_argument("--log-level", help="debug, info, warning, error (default info)")
+    run.add_argument("--role", choices=("all", "core", "edge"), help="default all: core and edge together")
+    run.add_argument("--target", help="the core's gRPC address, for --role edge")
+    run.add_argument("--http-port", type=int, help="HTTP port of the edge (default 8080)")
     run.add_argument(
         "--upstream", choices=("openai", "offline"), help="default: openai if OPENAI_API_KEY is set"
     )
@@ -73,6 +81,19 @@ def main(argv: list[str] | None = None) -> int:
                 voice=args.voice,
                 drain_seconds=args.drain_seconds,
                 max_streams=args.max_streams,
+                log_level=args.log_level,
+                role=args.role,
+                core_target=args.target,
+                http_port=args.http_port,
+            )
+            logs.configure(settings.log_level)
+            asyncio.run(serve(settings))
+        elif args.command == "edge":
+            settings = from_environment(
+                role="edge",
+                core_target=args.target,
+                http_port=args.http_port,
+                bind=args.bind,
                 log_level=args.log_level,
             )
             logs.configure(settings.log_level)

@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from adapters.edge_server import EdgeServer
 from service import metrics
 from service.embedded_http import EmbeddedHTTPServer
 from service.offline.app import OfflineVoiceSettings
@@ -42,11 +43,17 @@ async def open_upstream(settings: Settings) -> AsyncIterator[Upstream]:
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM or SIGINT (or `stop` is set), then drain."""
+    """Run the role's servers until SIGTERM or SIGINT (or `stop` is set), then drain."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if settings.role == "edge":
+        # The edge serves /metrics on its own HTTP port.
+        async with EdgeServer(settings, settings.core_target) as edge:
+            log.info("audiochat edge ready", extra={"http_port": edge.port, "core": settings.core_target})
+            await stop.wait()
+        return
     async with open_upstream(settings) as upstream:
         server = AudioChatServer(settings, upstream)
         await server.start()
@@ -59,6 +66,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             "audiochat ready",
             extra={"upstream": settings.upstream_kind, "model": settings.model, "grpc_port": server.port},
         )
+        # Role all: the edge reaches the core over loopback, and stops (drains) before it.
+        local_edge = EdgeServer(settings, f"127.0.0.1:{server.port}") if settings.role == "all" else None
+        if local_edge is not None:
+            await local_edge.start()
         await stop.wait()
+        if local_edge is not None:
+            await local_edge.stop()
         await server.stop()
         await metrics_endpoint.stop()

@@ -33,6 +33,19 @@ class Settings:
     max_turn_audio_seconds: float = 300.0
     log_level: str = "info"
     offline_realtime_factor: float = 0.0  # 0: the offline voice streams as fast as it speaks
+    # The HTTP/WebSocket edge (adapters/); see adapters/README-edge.md.
+    role: str = "all"  # all (core + edge), core (gRPC only) or edge (HTTP only, against core_target)
+    core_target: str = ""  # host:port of the core, for role edge
+    api_keys: str = field(default="", repr=False)  # comma-separated; empty (and no file) means open
+    api_keys_file: str = ""  # one key per line
+    allowed_origins: str = ""  # comma-separated origins, or *; empty means same-origin only
+    max_body_bytes: int = 32 * 1024 * 1024
+    ws_max_message_bytes: int = 4 * 1024 * 1024
+    idle_timeout_seconds: float = 300.0
+    auth_timeout_seconds: float = 5.0
+    heartbeat_seconds: float = 15.0
+    resume_seconds: float = 60.0
+    resume_buffer_bytes: int = 256 * 1024 * 1024
 
     @property
     def upstream_kind(self) -> str:
@@ -63,6 +76,12 @@ class Settings:
                 raise ValueError(f"{name} must be a port number, not {port}")
         if self.max_streams < 1 or self.max_message_bytes < 1024:
             raise ValueError("max_streams must be positive and max_message_bytes at least 1024")
+        if self.role not in ("all", "core", "edge"):
+            raise ValueError(f"AUDIOCHAT_ROLE must be all, core or edge, not {self.role!r}")
+        if self.role == "edge" and not self.core_target:
+            raise ValueError(
+                "role edge needs the core's address: --target HOST:PORT or AUDIOCHAT_CORE_TARGET"
+            )
         return self
 
 

@@ -14,6 +14,7 @@ from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
 from service.server import AudioChatServer
 from service.settings import Settings
 from service.upstream import OpenAIUpstream
+from tests.edge_fixtures import edge, start_edge  # noqa: F401 (fixtures of the edge tests)
 from tests.upstream_server import FixtureUpstream
 
 TEST_SETTINGS = Settings(

@@ -1,0 +1,82 @@
+"""The edge's ASGI app: routes, CORS, health, readiness and metrics over one EdgeContext."""
+
+from __future__ import annotations
+
+import prometheus_client
+from grpc_health.v1 import health_pb2
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from adapters import compat, websocket
+from adapters.context import EdgeContext, edge_of
+from adapters.turns import get_events, post_turn
+from service.server import SERVICE_NAME
+
+READY_CHECK_SECONDS = 1.0
+
+
+async def healthz(request: Request) -> Response:
+    """Alive: the process answers."""
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    """Ready only while the core answers SERVING and this edge is not draining."""
+    edge = edge_of(request)
+    if edge.draining:
+        return PlainTextResponse("draining", 503)
+    try:
+        check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+        answer = await edge.health.Check(check, timeout=READY_CHECK_SECONDS)
+    except Exception as exc:  # any failure to reach the core means not ready, never a 500
+        return PlainTextResponse(f"core not reachable: {type(exc).__name__}", 503)
+    if answer.status != health_pb2.HealthCheckResponse.SERVING:
+        return PlainTextResponse("core not serving", 503)
+    return PlainTextResponse("ready")
+
+
+async def metrics(request: Request) -> Response:
+    """The process's Prometheus registry."""
+    return Response(
+        prometheus_client.generate_latest(prometheus_client.REGISTRY),
+        media_type=prometheus_client.CONTENT_TYPE_LATEST,
+    )
+
+
+def create_app(edge: EdgeContext) -> Starlette:
+    """The app; CORS only when cross-origin pages are allowed (AUDIOCHAT_ALLOWED_ORIGINS)."""
+    middleware = []
+    if edge.origins.any or edge.origins.allowed:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=["*"] if edge.origins.any else sorted(edge.origins.allowed),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                expose_headers=["Retry-After", "retry-after-ms"],
+                max_age=600,
+            )
+        )
+    app = Starlette(
+        routes=[
+            Route("/v1/turns", post_turn, methods=["POST"]),
+            Route("/v1/turns/{turn_id}/events", get_events, methods=["GET"]),
+            Route("/v1/chat/completions", compat.chat_completions, methods=["POST"]),
+            WebSocketRoute("/v1/converse", websocket.converse),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        middleware=middleware,
+        exception_handlers={404: _not_found},
+    )
+    app.state.edge = edge
+    return app
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": {"code": "not_found", "message": f"no route {request.url.path}"}}, 404)

@@ -1,0 +1,194 @@
+"""`POST /v1/chat/completions`: OpenAI-compatible answers from StreamTurn; client code changes base_url only.
+
+Streaming answers keep the upstream's chunk shapes but normalized: audio pieces hold whole samples, and
+every answer ends with a finish_reason chunk (the upstream often omits it). The audio id, known to the
+core only at the end, arrives with `expires_at` in the last audio chunk. Non-streaming answers carry the
+whole file, encoded here from the pcm16 stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from adapters.compat_request import CompatError, CompatRequest, parse
+from adapters.context import edge_of, transport_metadata
+from adapters.event_json import reason_name
+from adapters.http_body import BodyError, read_json
+from adapters.sse import MEDIA_TYPE, SSE_HEADERS
+from adapters.status import (
+    EdgeError,
+    edge_error,
+    from_rpc_error,
+    from_turn_error,
+    shutting_down,
+    unauthenticated,
+)
+from audiochat.v1 import audiochat_pb2 as pb
+from service.audio import wrap_pcm16_as_wav
+from service.offline import wire
+
+# finish_reason values OpenAI uses; an interrupted answer (the client went away) never reaches a client here.
+_FINISH_REASONS = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "tool_calls",
+}
+
+
+def error_response(error: EdgeError, param: str | None = None) -> JSONResponse:
+    """OpenAI's error shape and status: the SDKs raise their usual exceptions and honour retry-after-ms."""
+    body = error.openai_body()
+    body["error"]["param"] = param
+    return JSONResponse(body, error.http_status, headers=error.headers())
+
+
+async def chat_completions(request: Request) -> Response:
+    """Run one turn and answer as Chat Completions would."""
+    edge = edge_of(request)
+    if not edge.keys.accepts_headers(request.headers):
+        return error_response(unauthenticated("Incorrect API key provided."))
+    if edge.draining:
+        return error_response(shutting_down())
+    try:
+        parsed = parse(await read_json(request, edge.settings.max_body_bytes))
+    except BodyError as exc:
+        return error_response(exc.error)
+    except CompatError as exc:
+        return error_response(exc.error, exc.param)
+    call = edge.stub.StreamTurn(parsed.turn, metadata=transport_metadata("openai"))
+    try:
+        first = await call.read()
+    except grpc.aio.AioRpcError as exc:
+        return error_response(from_rpc_error(exc))
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    if first is grpc.aio.EOF or not first.HasField("started"):
+        call.cancel()
+        return error_response(edge_error("internal", "the service sent no turn", 500, 1011))
+    ident = wire.StreamIdentity(
+        id="chatcmpl-" + first.turn_id.removeprefix("turn_"),
+        created=int(time.time()),
+        model=first.started.model or parsed.model,
+    )
+    if parsed.stream:
+        chunks = _stream(call, parsed, ident, edge.stream)
+        return StreamingResponse(chunks, media_type=MEDIA_TYPE, headers=SSE_HEADERS)
+    with edge.stream():
+        return await _whole(call, parsed, ident)
+
+
+def _usage(usage: pb.Usage | None) -> wire.Json:
+    if usage is None:
+        return wire.usage_dict(0, 0, 0, 0)
+    return wire.usage_dict(
+        usage.input_text_tokens,
+        usage.input_audio_tokens,
+        usage.output_text_tokens,
+        usage.output_audio_tokens,
+        usage.input_cached_tokens,
+    )
+
+
+def _audio_chunk_parts(ident: wire.StreamIdentity) -> tuple[bytes, bytes]:
+    """What surrounds the base64 of an audio piece: the chunk is built by concatenation, not by json.dumps."""
+    marker = "\x00"
+    text = wire.sse_event(wire.chunk(ident, {"audio": {"data": marker}})).decode()
+    before, _, after = text.partition(json.dumps(marker)[1:-1])
+    return before.encode(), after.encode()
+
+
+async def _stream(
+    call: Any, parsed: CompatRequest, ident: wire.StreamIdentity, counted: Any
+) -> AsyncIterator[bytes]:
+    head, tail = _audio_chunk_parts(ident)
+    usage: pb.Usage | None = None
+    with counted():
+        try:
+            first = wire.role_chunk(ident) if parsed.wants_audio else wire.text_role_chunk(ident)
+            yield wire.sse_event(first)
+            while (event := await call.read()) is not grpc.aio.EOF:
+                kind = event.WhichOneof("event")
+                if kind == "audio":
+                    yield head + base64.b64encode(event.audio.data) + tail
+                elif kind == "text":
+                    if event.text.source == pb.TEXT_SOURCE_TRANSCRIPT:
+                        yield wire.sse_event(wire.transcript_chunk(ident, event.text.text))
+                    else:
+                        yield wire.sse_event(wire.content_chunk(ident, event.text.text))
+                elif kind == "usage":
+                    usage = event.usage
+                elif kind == "completed":
+                    for chunk in _ending(ident, event.completed, usage, parsed.include_usage):
+                        yield wire.sse_event(chunk)
+                    if event.completed.reason == pb.FINISH_REASON_ERROR:
+                        return  # like the upstream: an error frame, then the stream ends without [DONE]
+            yield wire.SSE_DONE
+        except grpc.aio.AioRpcError as exc:
+            error = from_rpc_error(exc)
+            yield wire.sse_event(
+                wire.error_object(error.message, error.openai_body()["error"]["type"] or "", None, error.code)
+            )
+        finally:
+            call.cancel()  # a client that went away ends the turn upstream at once
+
+
+def _ending(
+    ident: wire.StreamIdentity, done: pb.TurnCompleted, usage: pb.Usage | None, include_usage: bool
+) -> list[wire.Json]:
+    if done.reason == pb.FINISH_REASON_ERROR:
+        error = from_turn_error(done.error)
+        kind = done.error.upstream_code or "server_error"
+        return [wire.error_object(error.message, kind, None, done.error.upstream_code or error.code)]
+    chunks: list[wire.Json] = []
+    if done.audio_id:
+        chunks.append(
+            wire.chunk(ident, {"audio": {"id": done.audio_id, "expires_at": done.audio_expires_at}})
+        )
+    chunks.append(wire.finish_chunk(ident, _FINISH_REASONS.get(reason_name(done.reason), "stop")))
+    if include_usage and usage is not None:
+        chunks.append(wire.usage_chunk(ident, _usage(usage)))
+    return chunks
+
+
+async def _whole(call: Any, parsed: CompatRequest, ident: wire.StreamIdentity) -> Response:
+    text: list[str] = []
+    audio = bytearray()
+    usage: pb.Usage | None = None
+    done: pb.TurnCompleted | None = None
+    try:
+        while (event := await call.read()) is not grpc.aio.EOF:
+            kind = event.WhichOneof("event")
+            if kind == "audio":
+                audio += event.audio.data
+            elif kind == "text":
+                text.append(event.text.text)
+            elif kind == "usage":
+                usage = event.usage
+            elif kind == "completed":
+                done = event.completed
+    except grpc.aio.AioRpcError as exc:
+        return error_response(from_rpc_error(exc))
+    finally:
+        call.cancel()
+    if done is None:
+        return error_response(edge_error("internal", "the turn ended without completing", 500, 1011))
+    if done.reason == pb.FINISH_REASON_ERROR:
+        return error_response(from_turn_error(done.error))
+    if parsed.wants_audio:
+        data = wrap_pcm16_as_wav(bytes(audio)) if parsed.audio_format == "wav" else bytes(audio)
+        message = wire.audio_message(done.audio_id, data, done.audio_expires_at, done.transcript)
+    else:
+        message = wire.text_message("".join(text))
+    finish = _FINISH_REASONS.get(reason_name(done.reason), "stop")
+    return JSONResponse(wire.completion_body(ident, message, _usage(usage), finish))

@@ -1,0 +1,176 @@
+"""An OpenAI Chat Completions request, as the official SDKs send it for audio chat, as a StreamTurnRequest."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.status import EdgeError
+from audiochat.v1 import audiochat_pb2 as pb
+
+# Without streaming the gateway encodes the answer itself, from the pcm16 stream.
+ENCODED_FORMATS = ("wav", "pcm16")
+_INPUT_FORMATS = {"wav": pb.AUDIO_ENCODING_WAV, "mp3": pb.AUDIO_ENCODING_MP3}
+
+
+class CompatError(Exception):
+    """A request OpenAI would refuse too; answered in its error shape."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = "invalid_value") -> None:
+        super().__init__(message)
+        self.error = EdgeError(400, code or "invalid_request_error", message, 1007)
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class CompatRequest:
+    """What answering the request needs."""
+
+    turn: pb.StreamTurnRequest
+    model: str
+    stream: bool
+    include_usage: bool
+    wants_audio: bool
+    audio_format: str
+
+
+def parse(body: Any) -> CompatRequest:
+    """Check the body's shape and build the turn: system messages become instructions, the last user message
+    the input, everything before it the history."""
+    if not isinstance(body, dict):
+        raise CompatError("Invalid type for request body: expected an object.", None, "invalid_type")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise CompatError("you must provide a model parameter", "model", "missing_required_parameter")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise CompatError("'messages' must be a non-empty array.", "messages", "invalid_value")
+    stream = body.get("stream") is True
+    options = body.get("stream_options") or {}
+    wants_audio, voice, audio_format = _output(body, stream)
+    config = pb.TurnConfig(
+        model=model,
+        voice=voice,
+        modalities=[pb.MODALITY_TEXT, pb.MODALITY_AUDIO] if wants_audio else [pb.MODALITY_TEXT],
+    )
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise CompatError("'max_completion_tokens' must be a positive integer.", "max_completion_tokens")
+        config.max_output_tokens = limit
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+            raise CompatError("'temperature' must be a number.", "temperature", "invalid_type")
+        config.temperature = float(temperature)
+    turn = _messages(messages, config)
+    return CompatRequest(
+        turn=turn,
+        model=model,
+        stream=stream,
+        include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        wants_audio=wants_audio,
+        audio_format=audio_format,
+    )
+
+
+def _output(body: dict[str, Any], stream: bool) -> tuple[bool, str, str]:
+    modalities = body.get("modalities") or ["text"]
+    if not isinstance(modalities, list) or any(item not in ("text", "audio") for item in modalities):
+        raise CompatError("'modalities' must be a list of 'text' and 'audio'.", "modalities")
+    if "audio" not in modalities:
+        return False, "", ""
+    audio = body.get("audio")
+    if not isinstance(audio, dict):
+        raise CompatError("Missing required parameter: 'audio'.", "audio", "missing_required_parameter")
+    voice = audio.get("voice")
+    if isinstance(voice, dict):
+        voice = voice.get("id")  # custom voices are {"id": "voice_..."}
+    if not isinstance(voice, str) or not voice:
+        raise CompatError(
+            "Missing required parameter: 'audio.voice'.", "audio.voice", "missing_required_parameter"
+        )
+    audio_format = audio.get("format")
+    if stream and audio_format != "pcm16":
+        raise CompatError(
+            f"Unsupported value: 'audio.format' does not support '{audio_format}' when stream=true. "
+            "Supported values are: 'pcm16'.",
+            "audio.format",
+            "unsupported_value",
+        )
+    if audio_format not in ENCODED_FORMATS:
+        raise CompatError(
+            f"Unsupported value: 'audio.format' '{audio_format}': this gateway encodes 'wav' and 'pcm16'.",
+            "audio.format",
+            "unsupported_value",
+        )
+    return True, voice, str(audio_format)
+
+
+def _messages(messages: list[Any], config: pb.TurnConfig) -> pb.StreamTurnRequest:
+    instructions: list[str] = []
+    items: list[pb.HistoryItem] = []
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role in ("system", "developer"):
+            instructions.append(_content(message.get("content"), index)[0])
+        elif role == "user":
+            text, audio = _content(message.get("content"), index)
+            user = pb.UserMessage(text=text)
+            if audio is not None:
+                user.audio.CopyFrom(audio)
+            items.append(pb.HistoryItem(user=user))
+        elif role == "assistant":
+            text, _ = _content(message.get("content"), index)
+            reference = message.get("audio")
+            audio_id = reference.get("id") if isinstance(reference, dict) else None
+            if reference is not None and not isinstance(audio_id, str):
+                raise CompatError("Missing required parameter: 'audio.id'.", f"messages[{index}].audio.id")
+            items.append(pb.HistoryItem(assistant=pb.AssistantMessage(text=text, audio_id=audio_id or "")))
+        else:
+            raise CompatError(
+                f"Unsupported role {role!r}: use system, developer, user or assistant.",
+                f"messages[{index}].role",
+            )
+    if not items or not items[-1].HasField("user"):
+        raise CompatError("The last message must be the user's.", f"messages[{len(messages) - 1}].role")
+    config.instructions = "\n\n".join(part for part in instructions if part)
+    return pb.StreamTurnRequest(config=config, history=items[:-1], input=items[-1].user)
+
+
+def _content(content: Any, index: int) -> tuple[str, pb.AudioInput | None]:
+    """A message's text and its input audio (one part at most)."""
+    if content is None or isinstance(content, str):
+        return content or "", None
+    if not isinstance(content, list):
+        raise CompatError(
+            "'content' must be a string or an array.", f"messages[{index}].content", "invalid_type"
+        )
+    texts: list[str] = []
+    audio: pb.AudioInput | None = None
+    for part_index, part in enumerate(content):
+        param = f"messages[{index}].content[{part_index}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            texts.append(str(part.get("text", "")))
+        elif kind == "input_audio":
+            if audio is not None:
+                raise CompatError("One input_audio part per message is supported.", param)
+            audio = _input_audio(part.get("input_audio"), param)
+        else:
+            raise CompatError(
+                f"Unsupported content part type {kind!r}: use text or input_audio.", f"{param}.type"
+            )
+    return " ".join(texts), audio
+
+
+def _input_audio(value: Any, param: str) -> pb.AudioInput:
+    if not isinstance(value, dict) or value.get("format") not in _INPUT_FORMATS:
+        raise CompatError("'input_audio.format' must be 'wav' or 'mp3'.", f"{param}.input_audio.format")
+    try:
+        data = base64.b64decode(str(value.get("data", "")), validate=True)
+    except binascii.Error:
+        raise CompatError("'input_audio.data' must be base64.", f"{param}.input_audio.data") from None
+    return pb.AudioInput(data=data, format=pb.AudioFormat(encoding=_INPUT_FORMATS[value["format"]]))

@@ -1,0 +1,70 @@
+"""What every route of one edge shares: the core's stubs, keys, origins, resume buffers, drain state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+from starlette.requests import HTTPConnection
+
+from adapters.auth import ApiKeys, Origins
+from adapters.resume import ResumeStore
+from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
+from service.observe import TRANSPORT_METADATA_KEY
+from service.settings import Settings
+
+
+def transport_metadata(transport: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that tells the core which edge a call came through (for its metrics)."""
+    return ((TRANSPORT_METADATA_KEY, transport),)
+
+
+@dataclass
+class EdgeContext:
+    """One edge's shared state; routes find it as `request.app.state.edge`."""
+
+    settings: Settings
+    channel: grpc.aio.Channel
+    keys: ApiKeys
+    origins: Origins
+    store: ResumeStore
+    stub: Any = None  # AudioChatServiceStub (typed only in the .pyi)
+    health: Any = None  # HealthStub
+    drain: asyncio.Event = field(default_factory=asyncio.Event)  # set once the edge stops taking work
+    active_streams: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # Turns read into a resume buffer outlive their HTTP response; kept here to end them at shutdown.
+    pumps: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def draining(self) -> bool:
+        """Whether a drain has started: new work is refused, /readyz answers 503."""
+        return self.drain.is_set()
+
+    def __post_init__(self) -> None:
+        self.stub = pb_grpc.AudioChatServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.idle.set()
+
+    @contextmanager
+    def stream(self) -> Iterator[None]:
+        """Count a running stream, so a drain can wait for the last one."""
+        self.active_streams += 1
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.active_streams -= 1
+            if self.active_streams == 0:
+                self.idle.set()
+
+
+def edge_of(connection: HTTPConnection) -> EdgeContext:
+    """The EdgeContext of the app serving `connection`."""
+    context: EdgeContext = connection.app.state.edge
+    return context

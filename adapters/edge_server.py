@@ -1,0 +1,94 @@
+"""The edge as a server: a channel to the core, the ASGI app under uvicorn, and a drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import TracebackType
+
+import grpc
+
+from adapters.app import create_app
+from adapters.auth import ApiKeys, Origins
+from adapters.context import EdgeContext
+from adapters.resume import ResumeStore
+from service.embedded_http import EmbeddedHTTPServer
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def channel_options(settings: Settings) -> list[tuple[str, int]]:
+    """The core's message sizes, and keepalive so a dead core is noticed between turns."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+    ]
+
+
+class EdgeServer:
+    """HTTP and WebSocket on `settings.bind:settings.http_port`, calling the core at `target`."""
+
+    def __init__(self, settings: Settings, target: str) -> None:
+        self.settings = settings
+        self.target = target
+        self.context: EdgeContext | None = None
+        self._http: EmbeddedHTTPServer | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Open the channel, bind, serve; return the bound port."""
+        settings = self.settings
+        keys = ApiKeys.from_settings(settings)
+        if keys.open:
+            log.warning("no AUDIOCHAT_API_KEYS: the edge accepts every request that reaches it")
+        channel = grpc.aio.insecure_channel(self.target, options=channel_options(settings))
+        store = ResumeStore(keep_seconds=settings.resume_seconds, max_bytes=settings.resume_buffer_bytes)
+        self.context = EdgeContext(settings, channel, keys, Origins(settings.allowed_origins), store)
+        self._http = EmbeddedHTTPServer(
+            create_app(self.context),
+            host=settings.bind,
+            port=settings.http_port,
+            ws="websockets-sansio",
+            ws_max_size=settings.ws_max_message_bytes,
+            ws_per_message_deflate=False,  # pcm16 does not compress; deflate would only cost CPU
+            timeout_keep_alive=max(1, int(min(settings.idle_timeout_seconds, 75))),
+        )
+        try:
+            self.port = await self._http.start()
+        except BaseException:
+            await channel.close()
+            raise
+        log.info("edge listening", extra={"port": self.port, "core": self.target, "open": keys.open})
+        return self.port
+
+    async def stop(self) -> None:
+        """Refuse new work, let running streams end within the drain grace, then close everything."""
+        context, http = self.context, self._http
+        if context is None or http is None:
+            return
+        context.drain.set()
+        pumps = set(context.pumps)
+        try:
+            async with asyncio.timeout(self.settings.drain_seconds):
+                await context.idle.wait()
+                await asyncio.gather(*pumps, return_exceptions=True)
+        except TimeoutError:
+            log.warning("drain grace over: ending the remaining streams")
+        for pump in list(context.pumps):
+            pump.cancel()
+        await asyncio.gather(*context.pumps, return_exceptions=True)
+        await http.stop()
+        await context.channel.close()
+        self.context, self._http = None, None
+
+    async def __aenter__(self) -> EdgeServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.stop()

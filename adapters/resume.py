@@ -1,0 +1,147 @@
+"""The per-turn event buffers that let an SSE client reconnect and get the rest of its turn, byte for byte.
+
+A turn's encoded events are appended while it runs and kept `keep_seconds` after it ends. All buffers
+count against one memory cap: past it, ended turns are dropped oldest first, then running ones stop being
+resumable. A dropped turn still reaches the readers it has, and lets go of what they all have read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+
+
+class TurnLog:
+    """One turn's SSE events in order, followed by its live reader and by any resumer."""
+
+    def __init__(self, turn_id: str, store: ResumeStore) -> None:
+        self.turn_id = turn_id
+        self._store = store
+        self._events: list[bytes] = []
+        self._first_sequence = 1  # sequence of _events[0]; grows once a dropped log lets its head go
+        self._changed = asyncio.Event()
+        self._readers: dict[int, int] = {}  # reader -> next sequence it reads
+        self._reader_ids = itertools.count()
+        self.done = False
+        self.resumable = True
+        self.size = 0
+
+    @property
+    def last_sequence(self) -> int:
+        """Sequence of the newest event (0 before the first)."""
+        return self._first_sequence + len(self._events) - 1
+
+    def append(self, data: bytes) -> None:
+        """Add the next event; its sequence is last_sequence + 1, as the core numbers them."""
+        self._events.append(data)
+        self.size += len(data)
+        self._changed.set()
+        self._store.grew(self, len(data))
+
+    def finish(self) -> None:
+        """No more events; the log now lives `keep_seconds` more for resumers."""
+        self.done = True
+        self._changed.set()
+        self._store.ended(self)
+
+    def has_after(self, sequence: int) -> bool:
+        """Whether every event after `sequence` is still held."""
+        return self._first_sequence - 1 <= sequence <= self.last_sequence
+
+    async def follow(self, after: int, heartbeat_seconds: float) -> AsyncIterator[bytes]:
+        """The events after sequence `after` until the turn ends; b"" after each quiet `heartbeat_seconds`."""
+        if not self.has_after(after):
+            return
+        reader = next(self._reader_ids)
+        self._readers[reader] = after + 1
+        try:
+            while True:
+                while (position := self._readers[reader] - self._first_sequence) < len(self._events):
+                    data = self._events[position]
+                    self._readers[reader] += 1
+                    yield data
+                if self.done:
+                    return
+                self._changed.clear()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), heartbeat_seconds)
+                except TimeoutError:
+                    yield b""
+                self._release()
+        finally:
+            del self._readers[reader]
+            self._release()
+
+    def drop(self) -> None:
+        """Stop being resumable: from now on, what every reader has read is let go."""
+        self.resumable = False
+        self._release()
+
+    def _release(self) -> None:
+        if self.resumable:
+            return
+        upto = min(self._readers.values(), default=self.last_sequence + 1)
+        count = upto - self._first_sequence
+        if count > 0:
+            freed = sum(len(data) for data in self._events[:count])
+            del self._events[:count]
+            self._first_sequence = upto
+            self.size -= freed
+            self._store.shrank(freed)
+
+
+class ResumeStore:
+    """Every turn's log under one byte cap; an ended log expires `keep_seconds` after its end."""
+
+    def __init__(self, *, keep_seconds: float, max_bytes: int) -> None:
+        self.keep_seconds = keep_seconds
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._logs: OrderedDict[str, TurnLog] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._logs)
+
+    def open(self, turn_id: str) -> TurnLog:
+        """A new log for a turn that just started."""
+        log = TurnLog(turn_id, self)
+        self._logs[turn_id] = log
+        return log
+
+    def get(self, turn_id: str) -> TurnLog | None:
+        """The log of a turn that runs, or ended less than keep_seconds ago."""
+        return self._logs.get(turn_id)
+
+    def grew(self, log: TurnLog, added: int) -> None:
+        """Count `added` bytes of `log`; evict if over the cap."""
+        self.bytes += added
+        if self.bytes > self.max_bytes:
+            self._evict()
+        if not log.resumable:
+            log.drop()  # its live reader may be far enough along to let go of this already
+
+    def shrank(self, freed: int) -> None:
+        """A dropped log let `freed` bytes go."""
+        self.bytes -= freed
+
+    def ended(self, log: TurnLog) -> None:
+        """Schedule an ended log's expiry (a dropped one goes with its last reader)."""
+        if log.resumable:
+            asyncio.get_running_loop().call_later(self.keep_seconds, self._remove, log)
+        else:
+            log.drop()
+
+    def _remove(self, log: TurnLog) -> None:
+        if self._logs.get(log.turn_id) is log:
+            del self._logs[log.turn_id]
+        log.drop()  # with no reader left this frees everything; else what they have read
+
+    def _evict(self) -> None:
+        # Ended turns first (their clients most likely have everything), oldest first; then running ones.
+        for ended in (True, False):
+            for log in [log for log in self._logs.values() if log.done is ended]:
+                if self.bytes <= self.max_bytes:
+                    return
+                self._remove(log)

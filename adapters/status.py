@@ -1,0 +1,128 @@
+"""The one place where a failed gRPC call becomes an HTTP status, an OpenAI error or a WebSocket close code.
+
+The table is the design doc's; every route asks here, so a client sees the same answer whichever edge it uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import grpc
+
+from audiochat.v1 import audiochat_pb2 as pb
+from service.errors import ERROR_CODE_KEY, RETRY_AFTER_MS_KEY
+
+# Words of the core's messages that tell two failures with one status apart.
+_SIZE_MARKER = "over the limit"
+_SHUTDOWN_MARKER = "shutting down"
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeError:
+    """A failure as every edge protocol shows it."""
+
+    http_status: int
+    code: str  # short snake_case name, the `code` of the JSON error body
+    message: str
+    close_code: int  # WebSocket close code
+    retry_after_ms: int = 0
+
+    def body(self) -> dict[str, dict[str, str]]:
+        """The JSON error body of the SSE routes: {"error": {"code", "message"}}."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+    def headers(self) -> dict[str, str]:
+        """Retry-After (whole seconds, rounded up) and retry-after-ms when the core gave a delay."""
+        if not self.retry_after_ms:
+            return {}
+        return {
+            "Retry-After": str(max(1, math.ceil(self.retry_after_ms / 1000))),
+            "retry-after-ms": str(self.retry_after_ms),
+        }
+
+    def openai_body(self) -> dict[str, dict[str, str | None]]:
+        """OpenAI's error shape, so the SDKs raise their usual exception classes."""
+        kind = _OPENAI_TYPES.get(
+            self.http_status, "server_error" if self.http_status >= 500 else "invalid_request_error"
+        )
+        return {"error": {"message": self.message, "type": kind, "param": None, "code": self.code}}
+
+
+_OPENAI_TYPES = {401: "authentication_error", 429: "rate_limit_exceeded", 409: "invalid_request_error"}
+
+
+def edge_error(
+    code: str, message: str, http_status: int, close_code: int, retry_after_ms: int = 0
+) -> EdgeError:
+    """An error the edge raises itself (bad JSON, too large, no key) before any call."""
+    return EdgeError(http_status, code, message, close_code, retry_after_ms)
+
+
+def bad_request(message: str) -> EdgeError:
+    """Malformed input: 400, close 1007."""
+    return EdgeError(400, "invalid_argument", message, 1007)
+
+
+def too_large(message: str) -> EdgeError:
+    """Input over a size limit: 413, close 1009."""
+    return EdgeError(413, "too_large", message, 1009)
+
+
+def unauthenticated(message: str = "missing or invalid API key") -> EdgeError:
+    """No or bad key: 401, close 1008."""
+    return EdgeError(401, "unauthenticated", message, 1008)
+
+
+def shutting_down() -> EdgeError:
+    """The edge is draining: 503, close 1012 (service restart: reconnect elsewhere)."""
+    return EdgeError(503, "unavailable", "the server is shutting down; retry on another instance", 1012, 1000)
+
+
+def _metadata(error: grpc.aio.AioRpcError, key: str) -> str:
+    for name, value in error.trailing_metadata() or ():
+        if name == key:
+            return str(value)
+    return ""
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> EdgeError:
+    """Map a failed call per the design table."""
+    retry_ms_text = _metadata(error, RETRY_AFTER_MS_KEY)
+    retry_ms = int(retry_ms_text) if retry_ms_text.isdigit() else 0
+    upstream_failed = bool(_metadata(error, ERROR_CODE_KEY))
+    return _map(error.code(), error.details() or error.code().name.lower(), retry_ms, upstream_failed)
+
+
+def from_turn_error(error: pb.TurnError) -> EdgeError:
+    """A turn that failed in-band, for an answer not yet begun (the non-streaming compat route)."""
+    status = _STATUS_BY_VALUE.get(error.code, grpc.StatusCode.UNAVAILABLE)
+    return _map(status, error.message or "the upstream failed", error.retry_after_ms, upstream_failed=True)
+
+
+_STATUS_BY_VALUE = {status.value[0]: status for status in grpc.StatusCode}
+
+
+def _map(code: grpc.StatusCode, message: str, retry_ms: int, upstream_failed: bool) -> EdgeError:
+    name = code.name.lower()
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        if _SIZE_MARKER in message:
+            return EdgeError(413, "too_large", message, 1009)
+        return EdgeError(400, name, message, 1007)
+    if code is grpc.StatusCode.FAILED_PRECONDITION:
+        return EdgeError(409, name, message, 1008)
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return EdgeError(401 if code is grpc.StatusCode.UNAUTHENTICATED else 403, name, message, 1008)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return EdgeError(429, name, message, 1013, retry_ms or 1000)
+    if code is grpc.StatusCode.UNAVAILABLE:
+        if upstream_failed:
+            return EdgeError(502, name, message, 1011, retry_ms)  # the upstream failed, not us
+        if _SHUTDOWN_MARKER in message:
+            return EdgeError(503, name, message, 1012, retry_ms or 1000)
+        return EdgeError(503, name, message, 1013, retry_ms or 1000)  # the core is unreachable
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return EdgeError(504, name, message, 1011)
+    if code is grpc.StatusCode.CANCELLED:
+        return EdgeError(499, name, message, 1001)
+    return EdgeError(500, "internal", "internal error; the gateway logged the details", 1011)

@@ -1,0 +1,170 @@
+"""The body of `POST /v1/turns` (JSON, or multipart with a recorded file) as a StreamTurnRequest.
+
+Only the shape is checked here; what the values mean (formats, durations, limits) is the core's to judge,
+so a bad recording gets the same message whichever edge it came through.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from starlette.datastructures import FormData, UploadFile
+
+from adapters.status import EdgeError, bad_request
+from audiochat.v1 import audiochat_pb2 as pb
+
+ENCODINGS = {"pcm16": pb.AUDIO_ENCODING_PCM16, "wav": pb.AUDIO_ENCODING_WAV, "mp3": pb.AUDIO_ENCODING_MP3}
+MODALITIES = {"text": pb.MODALITY_TEXT, "audio": pb.MODALITY_AUDIO}
+# Containers phones record in that the model does not take; named so the error says what to do.
+_UNSUPPORTED_CONTAINERS = {
+    b"ftyp": "m4a/mp4 (AAC)",
+    b"OggS": "ogg (Opus/Vorbis)",
+    b"\x1aE\xdf\xa3": "webm (Opus)",
+    b"#!AM": "amr",
+    b"fLaC": "flac",
+}
+
+
+class RequestError(Exception):
+    """The body's shape is wrong; `error` says how to answer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.error: EdgeError = bad_request(message)
+
+
+def _str(body: dict[str, Any], key: str) -> str:
+    value = body.get(key, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RequestError(f"'{key}' must be a string")
+    return value
+
+
+def _number(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RequestError(f"'{key}' must be a number")
+    return float(value)
+
+
+def turn_config(body: dict[str, Any]) -> pb.TurnConfig:
+    """model, voice, instructions, modalities, max_output_tokens, temperature."""
+    modalities = body.get("modalities") or []
+    if isinstance(modalities, str):
+        modalities = [part.strip() for part in modalities.split(",") if part.strip()]
+    if not isinstance(modalities, list) or any(item not in MODALITIES for item in modalities):
+        raise RequestError('\'modalities\' must be a list of "text" and "audio"')
+    config = pb.TurnConfig(
+        model=_str(body, "model"),
+        voice=_str(body, "voice"),
+        instructions=_str(body, "instructions"),
+        modalities=[MODALITIES[item] for item in modalities],
+    )
+    max_tokens = _number(body, "max_output_tokens")
+    if max_tokens is not None:
+        if max_tokens != int(max_tokens) or not 0 < max_tokens < 2**32:
+            raise RequestError("'max_output_tokens' must be a positive integer")
+        config.max_output_tokens = int(max_tokens)
+    temperature = _number(body, "temperature")
+    if temperature is not None:
+        config.temperature = temperature
+    return config
+
+
+def sniff_encoding(data: bytes, filename: str = "", content_type: str = "") -> pb.AudioEncoding.ValueType:
+    """wav or mp3 from the file's first bytes (names and types lie), else a clear error."""
+    if data[:4] == b"RIFF":
+        return pb.AUDIO_ENCODING_WAV
+    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
+        return pb.AUDIO_ENCODING_MP3
+    found = next((name for magic, name in _UNSUPPORTED_CONTAINERS.items() if magic in data[:12]), None)
+    what = found or filename or content_type or "this file"
+    raise RequestError(f"{what} is not supported: upload wav or mp3 (or raw pcm16 with its sample rate)")
+
+
+def audio_input(value: Any) -> pb.AudioInput:
+    """{"data": base64, "format": "wav"|"mp3"|"pcm16", "sample_rate_hz": N} as an AudioInput."""
+    if not isinstance(value, dict):
+        raise RequestError("'audio' must be an object {data, format, sample_rate_hz}")
+    try:
+        data = base64.b64decode(_str(value, "data"), validate=True)
+    except binascii.Error:
+        raise RequestError("'audio.data' must be base64") from None
+    name = _str(value, "format")
+    encoding = ENCODINGS.get(name) if name else sniff_encoding(data)
+    if encoding is None:
+        raise RequestError(f"'audio.format' must be one of {', '.join(ENCODINGS)}, not {name!r}")
+    rate = _number(value, "sample_rate_hz") or 0
+    return pb.AudioInput(data=data, format=pb.AudioFormat(encoding=encoding, sample_rate_hz=int(rate)))
+
+
+def user_message(body: dict[str, Any]) -> pb.UserMessage:
+    """{"text", "audio"} as a UserMessage."""
+    message = pb.UserMessage(text=_str(body, "text"))
+    if body.get("audio") is not None:
+        message.audio.CopyFrom(audio_input(body["audio"]))
+    return message
+
+
+def history(items: Any) -> list[pb.HistoryItem]:
+    """[{"role": "user", "text", "audio"} | {"role": "assistant", "text", "audio_id", "audio_expires_at"}]."""
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise RequestError("'history' must be a list of messages")
+    result: list[pb.HistoryItem] = []
+    for item in items:
+        role = item.get("role") if isinstance(item, dict) else None
+        if role == "user":
+            result.append(pb.HistoryItem(user=user_message(item)))
+        elif role == "assistant":
+            expires = _number(item, "audio_expires_at") or 0
+            assistant = pb.AssistantMessage(
+                text=_str(item, "text"), audio_id=_str(item, "audio_id"), audio_expires_at=int(expires)
+            )
+            result.append(pb.HistoryItem(assistant=assistant))
+        else:
+            raise RequestError('each history item needs a role: "user" or "assistant"')
+    return result
+
+
+def from_json(body: Any) -> pb.StreamTurnRequest:
+    """The JSON form of a turn."""
+    if not isinstance(body, dict):
+        raise RequestError("the body must be a JSON object")
+    return pb.StreamTurnRequest(
+        config=turn_config(body), history=history(body.get("history")), input=user_message(body)
+    )
+
+
+async def from_form(form: FormData) -> pb.StreamTurnRequest:
+    """The multipart form of a turn: an `audio` file field plus the JSON fields as text fields."""
+    fields: dict[str, Any] = {key: value for key, value in form.multi_items() if isinstance(value, str)}
+    if "history" in fields:
+        try:
+            fields["history"] = json.loads(fields["history"])
+        except ValueError:
+            raise RequestError("the 'history' field must be JSON") from None
+    for key in ("max_output_tokens", "temperature"):
+        if key in fields:
+            try:
+                fields[key] = float(fields[key])
+            except ValueError:
+                raise RequestError(f"'{key}' must be a number") from None
+    request = pb.StreamTurnRequest(config=turn_config(fields), history=history(fields.get("history")))
+    request.input.text = _str(fields, "text")
+    upload = form.get("audio") or form.get("file")
+    if isinstance(upload, UploadFile):
+        data = await upload.read()
+        encoding = sniff_encoding(data, upload.filename or "", upload.content_type or "")
+        request.input.audio.CopyFrom(pb.AudioInput(data=data, format=pb.AudioFormat(encoding=encoding)))
+    elif upload is not None:
+        raise RequestError("the 'audio' field must be a file")
+    return request

@@ -1,0 +1,131 @@
+"""`POST /v1/turns` and `GET /v1/turns/{turn_id}/events`: one turn as server-sent events, resumable.
+
+The StreamTurn call is read into the turn's resume buffer by a task of its own, so a dropped connection
+neither stops the turn nor loses events: the client reconnects with Last-Event-ID and gets the rest
+from the buffer. The model is called once per turn, whatever the number of reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from adapters.context import EdgeContext, edge_of, transport_metadata
+from adapters.http_body import BodyError, is_multipart, read_form, read_json
+from adapters.resume import TurnLog
+from adapters.sse import HEARTBEAT, MEDIA_TYPE, SSE_HEADERS, encode_error, encode_turn_event, parse_event_id
+from adapters.status import EdgeError, bad_request, edge_error, from_rpc_error, shutting_down, unauthenticated
+from adapters.turn_request import RequestError, from_form, from_json
+from audiochat.v1 import audiochat_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+def error_response(error: EdgeError) -> JSONResponse:
+    """A failure before the stream started: a status and {"error": {"code", "message"}}."""
+    return JSONResponse(error.body(), error.http_status, headers=error.headers())
+
+
+async def post_turn(request: Request) -> Response:
+    """Start a turn (or, with Last-Event-ID, resume one) and stream its events."""
+    edge = edge_of(request)
+    if not edge.keys.accepts_headers(request.headers):
+        return error_response(unauthenticated())
+    last_event_id = request.headers.get("last-event-id")
+    if last_event_id:
+        return _resume(edge, last_event_id, None)
+    if edge.draining:
+        return error_response(shutting_down())
+    try:
+        if is_multipart(request):
+            form = await read_form(request, edge.settings.max_body_bytes)
+            try:
+                turn = await from_form(form)
+            finally:
+                await form.close()  # uploads past 1 MB were spooled to temporary files
+        else:
+            turn = from_json(await read_json(request, edge.settings.max_body_bytes))
+    except (BodyError, RequestError) as exc:
+        return error_response(exc.error)
+    started = await _start(edge, turn)
+    if isinstance(started, EdgeError):
+        return error_response(started)
+    return _stream(edge, started, after=0)
+
+
+async def get_events(request: Request) -> Response:
+    """A turn's events after Last-Event-ID (all of them without it), while the turn is buffered."""
+    edge = edge_of(request)
+    if not edge.keys.accepts_headers(request.headers):
+        return error_response(unauthenticated())
+    turn_id = request.path_params["turn_id"]
+    return _resume(edge, request.headers.get("last-event-id") or f"{turn_id}:0", turn_id)
+
+
+def _resume(edge: EdgeContext, last_event_id: str, turn_id: str | None) -> Response:
+    parsed = parse_event_id(last_event_id)
+    if parsed is None or (turn_id is not None and parsed[0] != turn_id):
+        return error_response(
+            bad_request("Last-Event-ID must be an id of this turn's events (<turn_id>:<n>)")
+        )
+    buffered = edge.store.get(parsed[0])
+    if buffered is None or not buffered.has_after(parsed[1]):
+        seconds = f"{edge.settings.resume_seconds:g}"
+        message = (
+            f"turn {parsed[0]} cannot be resumed after event {parsed[1]}: unknown, or over {seconds} s old"
+        )
+        return error_response(edge_error("not_found", message, 404, 1008))
+    return _stream(edge, buffered, after=parsed[1])
+
+
+async def _start(edge: EdgeContext, turn: pb.StreamTurnRequest) -> TurnLog | EdgeError:
+    """Call StreamTurn and wait for TurnStarted (the upstream accepted): before it, a failure is a status."""
+    call = edge.stub.StreamTurn(turn, metadata=transport_metadata("sse"))
+    try:
+        first = await call.read()
+    except grpc.aio.AioRpcError as exc:
+        return from_rpc_error(exc)
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    if first is grpc.aio.EOF:
+        return edge_error("internal", "the service ended the turn without events", 500, 1011)
+    buffered = edge.store.open(first.turn_id)
+    buffered.append(encode_turn_event(first))
+    pump = asyncio.create_task(_pump(call, buffered), name=f"sse:{first.turn_id}")
+    edge.pumps.add(pump)
+    pump.add_done_callback(edge.pumps.discard)
+    return buffered
+
+
+async def _pump(call: Any, buffered: TurnLog) -> None:
+    try:
+        while (event := await call.read()) is not grpc.aio.EOF:
+            buffered.append(encode_turn_event(event))
+    except grpc.aio.AioRpcError as exc:
+        error = from_rpc_error(exc)
+        buffered.append(encode_error(buffered.turn_id, buffered.last_sequence + 1, error.code, error.message))
+    except asyncio.CancelledError:
+        # The edge is stopping past its drain grace: end the turn upstream, and say so to readers.
+        call.cancel()
+        error = shutting_down()
+        buffered.append(encode_error(buffered.turn_id, buffered.last_sequence + 1, error.code, error.message))
+        raise
+    finally:
+        buffered.finish()
+
+
+def _stream(edge: EdgeContext, buffered: TurnLog, after: int) -> StreamingResponse:
+    return StreamingResponse(_follow(edge, buffered, after), media_type=MEDIA_TYPE, headers=SSE_HEADERS)
+
+
+async def _follow(edge: EdgeContext, buffered: TurnLog, after: int) -> AsyncIterator[bytes]:
+    with edge.stream():
+        async for data in buffered.follow(after, edge.settings.heartbeat_seconds):
+            yield data or HEARTBEAT

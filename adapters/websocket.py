@@ -1,0 +1,256 @@
+"""`/v1/converse`: a Converse call over a WebSocket (JSON text frames, binary audio both ways).
+
+See adapters/PROTOCOL.md for the messages and the binary framing. This module only translates: turns,
+history, interrupts and every check on the input are the core's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import struct
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from adapters.auth import WS_SUBPROTOCOL, subprotocol_token
+from adapters.context import EdgeContext, edge_of, transport_metadata
+from adapters.event_json import EVENT_NAMES, JSON_OF
+from adapters.status import EdgeError, bad_request, edge_error, from_rpc_error, shutting_down, unauthenticated
+from adapters.turn_request import ENCODINGS, RequestError, history, turn_config
+from audiochat.v1 import audiochat_pb2 as pb
+
+# Binary server frames: turn_index (uint32), sequence (uint32), start_sample (uint64), little-endian;
+# 16 bytes, so the pcm16 after it stays aligned for an Int16Array view.
+AUDIO_HEADER = struct.Struct("<IIQ")
+PROTOCOL_VERSION = 1
+_MAX_REASON_BYTES = 123  # a close frame's reason must fit in a control frame
+
+
+class ClientFault(Exception):
+    """The client broke the protocol; `error` says how to close."""
+
+    def __init__(self, error: EdgeError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+async def converse(websocket: WebSocket) -> None:
+    """Check origin and key before the handshake is accepted, then run the conversation."""
+    edge = edge_of(websocket)
+    if not edge.origins.allows(websocket.headers.get("origin"), websocket.headers.get("host")):
+        await websocket.close(1008)  # before accept: the handshake is refused with HTTP 403
+        return
+    offered: list[str] = websocket.scope.get("subprotocols", [])
+    token = subprotocol_token(offered)
+    if token is not None and not edge.keys.accepts(token):
+        await websocket.close(1008)
+        return
+    # Never echo the bearer subprotocol back: it would put the key in a response header.
+    await websocket.accept(subprotocol=WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered else None)
+    if edge.draining:
+        await _close(websocket, shutting_down())
+        return
+    with edge.stream():
+        await Session(websocket, edge).run(authenticated=edge.keys.open or token is not None)
+
+
+async def _close(websocket: WebSocket, error: EdgeError | None) -> None:
+    if websocket.client_state is not WebSocketState.CONNECTED:
+        return
+    # The client may vanish while we say goodbye; that is no error of ours.
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        if error is None:
+            await websocket.close(1000)
+            return
+        payload: dict[str, Any] = {"type": "error", "code": error.code, "message": error.message}
+        if error.retry_after_ms:
+            payload["retry_after_ms"] = error.retry_after_ms
+        await websocket.send_text(json.dumps(payload))
+        reason = error.message.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
+        await websocket.close(error.close_code, reason)
+
+
+class Session:
+    """One WebSocket's conversation: a reader (client to core) and a writer (core to client) task."""
+
+    def __init__(self, websocket: WebSocket, edge: EdgeContext) -> None:
+        self._ws = websocket
+        self._edge = edge
+        self._input_format = pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=24_000)
+        self._turn_index = 0
+        self._turn_running = False
+        self._turn_ended = asyncio.Event()
+        self._turn_ended.set()
+        self._muted = False  # interrupted: the rest of this turn's audio would never be heard
+        self._last_activity = time.monotonic()
+
+    async def run(self, *, authenticated: bool) -> None:
+        """Authenticate if needed, then relay until either side ends; close with the table's code."""
+        if not authenticated and not await self._authenticate():
+            await _close(self._ws, unauthenticated('send {"type": "auth", "token": KEY} first'))
+            return
+        call = self._edge.stub.Converse(metadata=transport_metadata("websocket"))
+        tasks = {
+            asyncio.create_task(self._client_to_core(call)),
+            asyncio.create_task(self._core_to_client(call)),
+            asyncio.create_task(self._drained()),
+        }
+        outcome: EdgeError | bool | None = None
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            outcome = _outcome(done.pop())
+        finally:
+            for task in tasks:
+                task.cancel()
+            call.cancel()  # ends the turn upstream at once when the client went away or broke the protocol
+            await asyncio.wait(tasks)
+        if outcome is not False:  # False: the client is gone, there is nobody to close for
+            await _close(self._ws, None if outcome is True else outcome)
+
+    async def _authenticate(self) -> bool:
+        try:
+            message = await asyncio.wait_for(self._ws.receive(), self._edge.settings.auth_timeout_seconds)
+        except TimeoutError:
+            return False
+        try:
+            body = json.loads(message.get("text") or "")
+        except ValueError:
+            return False
+        return (
+            isinstance(body, dict)
+            and body.get("type") == "auth"
+            and self._edge.keys.accepts(str(body.get("token", "")))
+        )
+
+    async def _drained(self) -> EdgeError:
+        """Once the edge drains, wait for the running answer to end, then ask the client to reconnect."""
+        await self._edge.drain.wait()
+        await self._turn_ended.wait()
+        return shutting_down()
+
+    async def _client_to_core(self, call: Any) -> EdgeError | bool:
+        idle = self._edge.settings.idle_timeout_seconds
+        while True:
+            try:
+                message = await asyncio.wait_for(self._ws.receive(), idle)
+            except TimeoutError:
+                if self._turn_running or time.monotonic() - self._last_activity < idle:
+                    continue
+                return edge_error("idle", f"no message for {idle:g} s", 408, 1001)
+            self._last_activity = time.monotonic()
+            if message["type"] == "websocket.disconnect":
+                return False
+            try:
+                request = self._translate(message)
+            except ClientFault as fault:
+                return fault.error
+            if request is None:
+                continue
+            try:
+                await call.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await asyncio.Event().wait()  # the call ended; the writer task reports its status
+
+    def _translate(self, message: Mapping[str, Any]) -> pb.ConverseRequest | None:
+        data = message.get("bytes")
+        if data is not None:
+            return pb.ConverseRequest(audio=pb.AudioChunk(data=data, format=self._input_format))
+        try:
+            body = json.loads(message.get("text") or "")
+        except ValueError:
+            raise ClientFault(bad_request("text frames must be JSON objects")) from None
+        if not isinstance(body, dict):
+            raise ClientFault(bad_request("text frames must be JSON objects"))
+        try:
+            return self._request(str(body.get("type", "")), body)
+        except RequestError as exc:
+            raise ClientFault(exc.error) from None
+
+    def _request(self, kind: str, body: dict[str, Any]) -> pb.ConverseRequest | None:
+        if kind == "config":
+            if body.get("input_audio") is not None:
+                self._set_input_format(body["input_audio"])
+            config = pb.ConverseConfig(turn=turn_config(body), history=history(body.get("history")))
+            return pb.ConverseRequest(config=config)
+        if kind == "text":
+            return pb.ConverseRequest(text=pb.TextInput(text=str(body.get("text", ""))))
+        if kind == "audio.start":
+            self._set_input_format(body)
+            return None
+        if kind == "commit":
+            return pb.ConverseRequest(commit=pb.Commit(text=str(body.get("text", ""))))
+        if kind == "interrupt":
+            played = body.get("played_ms", 0)
+            if isinstance(played, bool) or not isinstance(played, int) or not 0 <= played < 2**32:
+                raise RequestError("'played_ms' must be a non-negative integer")
+            self._muted = self._turn_running
+            return pb.ConverseRequest(interrupt=pb.Interrupt(played_ms=played))
+        if kind == "clear_audio":
+            return pb.ConverseRequest(clear_audio=pb.ClearAudio())
+        if kind == "auth":
+            return None  # a late or repeated auth message changes nothing
+        raise RequestError(f"unknown message type {kind!r}")
+
+    def _set_input_format(self, value: Any) -> None:
+        if not isinstance(value, dict) or value.get("encoding", "pcm16") not in ENCODINGS:
+            raise RequestError('input audio needs {"encoding": "pcm16"|"wav"|"mp3", "sample_rate_hz"}')
+        rate = value.get("sample_rate_hz", 24_000 if value.get("encoding", "pcm16") == "pcm16" else 0)
+        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
+            raise RequestError("'sample_rate_hz' must be a positive integer")
+        self._input_format = pb.AudioFormat(
+            encoding=ENCODINGS[value.get("encoding", "pcm16")], sample_rate_hz=rate
+        )
+
+    async def _core_to_client(self, call: Any) -> EdgeError | bool | None:
+        ws = self._ws
+        try:
+            while (response := await call.read()) is not grpc.aio.EOF:
+                self._last_activity = time.monotonic()
+                if response.HasField("started"):
+                    started = {
+                        "type": "conversation.started",
+                        "conversation_id": response.started.conversation_id,
+                    }
+                    await ws.send_text(json.dumps({**started, "protocol": PROTOCOL_VERSION}))
+                    continue
+                event = response.event
+                kind = event.WhichOneof("event")
+                if kind == "audio":
+                    if not self._muted:
+                        header = AUDIO_HEADER.pack(self._turn_index, event.sequence, event.audio.start_sample)
+                        await ws.send_bytes(header + event.audio.data)
+                    continue
+                if kind == "started":
+                    self._turn_index += 1
+                    self._turn_running, self._muted = True, False
+                    self._turn_ended.clear()
+                elif kind == "completed":
+                    self._turn_running, self._muted = False, False
+                    self._turn_ended.set()
+                payload = {
+                    "type": EVENT_NAMES[str(kind)],
+                    "turn_index": self._turn_index,
+                    "sequence": event.sequence,
+                }
+                payload.update(JSON_OF[str(kind)](event))
+                payload["turn_id"] = event.turn_id
+                await ws.send_text(json.dumps(payload, separators=(",", ":")))
+        except grpc.aio.AioRpcError as exc:
+            return from_rpc_error(exc)
+        except WebSocketDisconnect:
+            return False
+        return None
+
+
+def _outcome(task: asyncio.Task[Any]) -> EdgeError | bool | None:
+    """How the first finished task says to close: an error, None (normal) or False (client gone)."""
+    exception = task.exception()
+    if exception is not None:
+        raise exception
+    result: EdgeError | bool | None = task.result()
+    return result
