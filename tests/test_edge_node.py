@@ -17,6 +17,7 @@ from tests.events import expected
 
 NODE, NPM = shutil.which("node"), shutil.which("npm")
 SDK_VERSION = "7"
+COMMAND_SECONDS = 120  # a first npm install on a slow network
 # Installed once per machine; later runs reuse it.
 CACHE = Path(os.environ.get("AUDIOCHAT_NODE_CACHE", Path.home() / ".cache" / "audiochat-tests" / "node"))
 
@@ -54,11 +55,11 @@ main().catch((error) => { console.error(error); process.exit(1); });
 """
 
 
-async def _run(*command: str, env: dict[str, str] | None = None, timeout: float = 60) -> str:
+async def _run(*command: str, env: dict[str, str] | None = None) -> str:
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(COMMAND_SECONDS):
         stdout, stderr = await process.communicate()
     assert process.returncode == 0, f"{command[0]} failed: {stderr.decode()[-2000:]}"
     return stdout.decode()
@@ -66,9 +67,9 @@ async def _run(*command: str, env: dict[str, str] | None = None, timeout: float 
 
 async def _sdk() -> Path:
     package = CACHE / "node_modules" / "openai"
-    if not (package / "package.json").exists():
+    if not await asyncio.to_thread((package / "package.json").exists):
         assert NPM is not None
-        CACHE.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(CACHE.mkdir, parents=True, exist_ok=True)
         await _run(
             NPM,
             "install",
