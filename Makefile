@@ -31,6 +31,10 @@ lint: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev lint
 	$(BIN)/pytest
 
+# Load over every transport against a paced simulator; method and reading: benchmarks/README.md.
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m benchmarks
+
 proto: $(VENV)/.installed-dev
 	$(BIN)/python proto/generate.py gen
 
