@@ -121,11 +121,13 @@ class Bench:
         return self.baselines.get(streams) or self.run(BASELINE, streams, window)
 
 
-def sweep(bench: Bench, name: str, target_ms: float, window: float, max_steps: int) -> dict[str, Any]:
-    """Walk the grid from the main size: up while under the target, down while over."""
+def sweep(
+    bench: Bench, name: str, target_ms: float, window: float, max_steps: int, start: int
+) -> dict[str, Any]:
+    """Walk the grid from `start`: up while under the target, down while over."""
     tried: list[dict[str, Any]] = []
-    grid = sorted({*SWEEP_GRID, bench.streams})
-    index = grid.index(bench.streams)
+    grid = sorted({*SWEEP_GRID, start})
+    index = grid.index(start)
     direction = 0
     largest = 0
     for _ in range(max_steps):
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ramp", type=float, default=2.0, help="seconds over which users start")
     parser.add_argument("--sweep-window", type=float, default=5.0, help="seconds measured per sweep step")
     parser.add_argument("--sweep-steps", type=int, default=4, help="at most this many sizes per family")
+    parser.add_argument("--sweep-from", type=int, default=50, help="the sweep's first size")
     parser.add_argument("--no-sweep", action="store_true", help="only the main table")
     parser.add_argument("--transports", default="", help="comma-separated subset (default: all available)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="directory for latest.json/.md")
@@ -204,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_sweep:
             for name, target in TARGETS_MS.items():
                 if name in names:
-                    sweeps[name] = sweep(bench, name, target, args.sweep_window, args.sweep_steps)
+                    sweeps[name] = sweep(
+                        bench, name, target, args.sweep_window, args.sweep_steps, args.sweep_from
+                    )
     finally:
         simulator.stop()
     result = {

@@ -230,9 +230,9 @@ def start_gateway(simulator_port: int, placement: Placement, edge: bool) -> Gate
     child = Child.start(command, placement.gateway_cores, env, "stderr")
     try:
         grpc_port = int(child.wait_for_json("message", "gRPC service listening")["port"])
-        ready = child.wait_for_json("message", "audiochat ready")
+        child.wait_for_json("message", "audiochat ready")
         metrics = child.wait_for_json("metrics_port")
-        http_port = ready.get("http_port") if edge else None
+        http_port = int(child.wait_for_json("message", "edge listening")["port"]) if edge else None
         return Gateway(child, grpc_port, int(metrics["metrics_port"]), http_port)
     except BaseException:
         child.stop()
