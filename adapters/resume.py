@@ -66,7 +66,8 @@ class TurnLog:
                     return
                 self._changed.clear()
                 try:
-                    await asyncio.wait_for(self._changed.wait(), heartbeat_seconds)
+                    async with asyncio.timeout(heartbeat_seconds):
+                        await self._changed.wait()
                 except TimeoutError:
                     yield b""
                 self._release()

@@ -11,7 +11,7 @@ import contextlib
 import json
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
@@ -28,6 +28,7 @@ from audiochat.v1 import audiochat_pb2 as pb
 # 16 bytes, so the pcm16 after it stays aligned for an Int16Array view.
 AUDIO_HEADER = struct.Struct("<IIQ")
 PROTOCOL_VERSION = 1
+REQUEST_QUEUE = 64  # client messages waiting for gRPC: past this, reading the socket waits (backpressure)
 _MAX_REASON_BYTES = 123  # a close frame's reason must fit in a control frame
 
 
@@ -94,9 +95,11 @@ class Session:
         if not authenticated and not await self._authenticate():
             await _close(self._ws, unauthenticated('send {"type": "auth", "token": KEY} first'))
             return
-        call = self._edge.stub.Converse(metadata=transport_metadata("websocket"))
+        # gRPC's own task writes the requests from this queue: a write cancelled half-way can hang the call.
+        requests: asyncio.Queue[pb.ConverseRequest] = asyncio.Queue(REQUEST_QUEUE)
+        call = self._edge.stub.Converse(_drain_queue(requests), metadata=transport_metadata("websocket"))
         tasks = {
-            asyncio.create_task(self._client_to_core(call)),
+            asyncio.create_task(self._client_to_core(requests)),
             asyncio.create_task(self._core_to_client(call)),
             asyncio.create_task(self._drained()),
         }
@@ -114,7 +117,9 @@ class Session:
 
     async def _authenticate(self) -> bool:
         try:
-            message = await asyncio.wait_for(self._ws.receive(), self._edge.settings.auth_timeout_seconds)
+            # asyncio.timeout, not wait_for: a wait_for around uvicorn's receive can hang when cancelled.
+            async with asyncio.timeout(self._edge.settings.auth_timeout_seconds):
+                message = await self._ws.receive()
         except TimeoutError:
             return False
         try:
@@ -133,11 +138,12 @@ class Session:
         await self._turn_ended.wait()
         return shutting_down()
 
-    async def _client_to_core(self, call: Any) -> EdgeError | bool:
+    async def _client_to_core(self, requests: asyncio.Queue[pb.ConverseRequest]) -> EdgeError | bool:
         idle = self._edge.settings.idle_timeout_seconds
         while True:
             try:
-                message = await asyncio.wait_for(self._ws.receive(), idle)
+                async with asyncio.timeout(idle):
+                    message = await self._ws.receive()
             except TimeoutError:
                 if self._turn_running or time.monotonic() - self._last_activity < idle:
                     continue
@@ -149,12 +155,8 @@ class Session:
                 request = self._translate(message)
             except ClientFault as fault:
                 return fault.error
-            if request is None:
-                continue
-            try:
-                await call.write(request)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                await asyncio.Event().wait()  # the call ended; the writer task reports its status
+            if request is not None:
+                await requests.put(request)
 
     def _translate(self, message: Mapping[str, Any]) -> pb.ConverseRequest | None:
         data = message.get("bytes")
@@ -178,11 +180,13 @@ class Session:
             config = pb.ConverseConfig(turn=turn_config(body), history=history(body.get("history")))
             return pb.ConverseRequest(config=config)
         if kind == "text":
+            self._turn_ended.clear()  # a drain waits for the answer this asks for
             return pb.ConverseRequest(text=pb.TextInput(text=str(body.get("text", ""))))
         if kind == "audio.start":
             self._set_input_format(body)
             return None
         if kind == "commit":
+            self._turn_ended.clear()
             return pb.ConverseRequest(commit=pb.Commit(text=str(body.get("text", ""))))
         if kind == "interrupt":
             played = body.get("played_ms", 0)
@@ -245,6 +249,11 @@ class Session:
         except WebSocketDisconnect:
             return False
         return None
+
+
+async def _drain_queue(requests: asyncio.Queue[pb.ConverseRequest]) -> AsyncIterator[pb.ConverseRequest]:
+    while True:
+        yield await requests.get()
 
 
 def _outcome(task: asyncio.Task[Any]) -> EdgeError | bool | None:

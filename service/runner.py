@@ -62,14 +62,20 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         )
         await metrics_endpoint.start()
         log.info("metrics at /metrics", extra={"metrics_port": metrics_endpoint.port})
-        log.info(
-            "audiochat ready",
-            extra={"upstream": settings.upstream_kind, "model": settings.model, "grpc_port": server.port},
-        )
         # Role all: the edge reaches the core over loopback, and stops (drains) before it.
         local_edge = EdgeServer(settings, f"127.0.0.1:{server.port}") if settings.role == "all" else None
         if local_edge is not None:
             await local_edge.start()
+        log.info(
+            "audiochat ready",
+            extra={
+                "upstream": settings.upstream_kind,
+                "model": settings.model,
+                "role": settings.role,
+                "grpc_port": server.port,
+                "http_port": local_edge.port if local_edge is not None else None,
+            },
+        )
         await stop.wait()
         if local_edge is not None:
             await local_edge.stop()

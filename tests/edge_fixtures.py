@@ -46,6 +46,15 @@ async def start_edge(start_service: StartService) -> AsyncIterator[StartEdge]:
         yield start
 
 
+def sdk_audio(delta: Any) -> dict[str, Any]:
+    """The audio fields an openai SDK chunk delta carried (a dict, or a model in newer SDKs)."""
+    audio = getattr(delta, "audio", None)
+    if audio is None or isinstance(audio, dict):
+        return audio or {}
+    fields: dict[str, Any] = audio.model_dump(exclude_unset=True)
+    return fields
+
+
 @pytest.fixture
 async def edge(start_edge: StartEdge) -> RunningEdge:
     """An open edge (no keys, any origin) with fast heartbeats."""

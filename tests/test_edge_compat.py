@@ -11,7 +11,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from service.audio import parse_wav, wrap_pcm16_as_wav
-from tests.edge_fixtures import RunningEdge
+from tests.edge_fixtures import RunningEdge, sdk_audio
 from tests.events import expected
 from tests.upstream_server import FixtureUpstream
 
@@ -22,15 +22,6 @@ QUESTION: list[ChatCompletionMessageParam] = [
 
 def sdk(edge: RunningEdge, api_key: str = "sk-anything") -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{edge.base_url}/v1", api_key=api_key, max_retries=0)
-
-
-def audio_of(delta: Any) -> dict[str, Any]:
-    """The audio fields a chunk carried (the SDK gives a dict or a model)."""
-    audio = getattr(delta, "audio", None)
-    if audio is None or isinstance(audio, dict):
-        return audio or {}
-    fields: dict[str, Any] = audio.model_dump(exclude_unset=True)
-    return fields
 
 
 @pytest.mark.parametrize("name", ["audio_no_finish_reason", "audio_finish_before_expires"])
@@ -50,7 +41,7 @@ async def test_streaming_audio_as_the_python_example_does(edge: RunningEdge, nam
         if chunk.usage is not None:
             usage = chunk.usage
         for choice in chunk.choices:
-            audio = audio_of(choice.delta)
+            audio = sdk_audio(choice.delta)
             transcript += audio.get("transcript") or ""
             piece = base64.b64decode(audio.get("data") or "")
             assert len(piece) % 2 == 0, "every audio piece holds whole samples"
