@@ -19,6 +19,8 @@ from benchmarks.load import RunResult
 from benchmarks.pieces import BYTES_PER_SECOND
 
 KIB = 1024
+# Past these shares of a core, queueing on that side dominates the latencies it shows.
+SATURATED = 0.9
 
 
 def percentile(values: np.ndarray, q: float) -> float | None:
@@ -180,9 +182,28 @@ def markdown(report: dict[str, Any]) -> str:
             f"Largest concurrency with p99 added latency under {found['target_ms']:g} ms over {name}: "
             f"{verdict} (p99 added per size: {tried})."
         )
+    lines.extend(saturation_notes(report["runs"]))
     for note in report.get("notes", []):
         lines.append(f"Note: {note}")
     return "\n".join(lines) + "\n"
+
+
+def saturation_notes(runs: list[dict[str, Any]]) -> list[str]:
+    """Say which runs a saturated core distorts, so nobody reads their differences as the gateway's."""
+    notes = []
+    load_bound = [r["transport"] for r in runs if (r.get("load_side_cpu_fraction") or 0) >= SATURATED]
+    if load_bound:
+        notes.append(
+            f"Load side at or above {SATURATED:.0%} of its core for: {', '.join(load_bound)}; "
+            "its own queueing is in those latencies, so differences against them are not the gateway's."
+        )
+    saturated = [r["transport"] for r in runs if (r.get("gateway_cpu_fraction") or 0) >= SATURATED]
+    if saturated:
+        notes.append(
+            f"Gateway core at or above {SATURATED:.0%} for: {', '.join(saturated)}; "
+            "it cannot keep up, and its latencies grow with its queue."
+        )
+    return notes
 
 
 def write(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
