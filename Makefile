@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PROTO_FILES := $(wildcard proto/audiochat/v1/*.proto)
+# The browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint proto bench clean
 
@@ -28,7 +30,11 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/mypy
 	$(BIN)/buf lint
 
-test: $(VENV)/.installed-dev lint
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+test: $(VENV)/.installed-dev $(CHROMIUM) lint
 	$(BIN)/pytest
 
 # Load over every transport against a paced simulator; method and reading: benchmarks/README.md.

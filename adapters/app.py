@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import prometheus_client
+from pathlib import Path
+
 from grpc_health.v1 import health_pb2
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from adapters import compat, websocket
 from adapters.context import EdgeContext, edge_of
 from adapters.turns import get_events, post_turn
+from service import metrics as service_metrics
 from service.server import SERVICE_NAME
 
 READY_CHECK_SECONDS = 1.0
+STATIC = Path(__file__).parent / "static"
 
 
 async def healthz(request: Request) -> Response:
@@ -41,10 +45,13 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """The process's Prometheus registry."""
-    return Response(
-        prometheus_client.generate_latest(prometheus_client.REGISTRY),
-        media_type=prometheus_client.CONTENT_TYPE_LATEST,
-    )
+    body, content_type = service_metrics.exposition()
+    return Response(body, media_type=content_type)
+
+
+async def page(request: Request) -> Response:
+    """The push-to-talk web page (its scripts and worklets are under /static)."""
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 def create_app(edge: EdgeContext) -> Starlette:
@@ -70,6 +77,8 @@ def create_app(edge: EdgeContext) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/", page, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=middleware,
         exception_handlers={404: _not_found},

@@ -70,6 +70,9 @@ def turn_finished(turn: Turn, transport: str, ended_at: float) -> None:
             "time_to_first_text_ms": _ms(turn.accepted_at, turn.first_text_at),
             "upstream_time_to_first_byte_ms": _ms(turn.accepted_at, turn.upstream_first_byte_at),
             "audio_samples": completion.audio_samples if completion is not None else 0,
+            "played_ms": completion.played_ms
+            if outcome == "interrupted" and completion is not None
+            else None,
             "input_audio_ms": round(audio_in * 1000),
             "upstream_request_id": turn.upstream_request_id,
             "error_code": error_code,

@@ -59,12 +59,17 @@ class ServeProcess:
 
 
 @contextmanager
-def audiochat_serve(*args: str) -> Iterator[ServeProcess]:
-    """Start `audiochat serve ARGS` on free ports; stop it at the end."""
+def audiochat_serve(*args: str, env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
+    """Start `audiochat serve ARGS` on free ports (unless `env` names some); stop it at the end."""
     process = subprocess.Popen(
         [*AUDIOCHAT, "serve", "--bind", "127.0.0.1", "--grpc-port", "0", *args],
         # Every port free-picked, so tests never collide with a running `make run` or each other.
-        env={**offline_environment(), "AUDIOCHAT_METRICS_PORT": "0", "AUDIOCHAT_HTTP_PORT": "0"},
+        env={
+            **offline_environment(),
+            "AUDIOCHAT_METRICS_PORT": "0",
+            "AUDIOCHAT_HTTP_PORT": "0",
+            **(env or {}),
+        },
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -1,0 +1,447 @@
+// The audiochat web page: push-to-talk over the /v1/converse WebSocket (adapters/PROTOCOL.md), with the
+// answer played while it streams and barge-in that reports exactly how much the listener heard.
+
+const SOURCE_RATE = 24000;
+const SAMPLES_PER_MS = SOURCE_RATE / 1000;
+const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  chat: $("chat"), hint: $("hint"), status: $("status"), dot: $("status-dot"), error: $("error"),
+  talk: $("talk"), textForm: $("text-form"), text: $("text"), settings: $("settings"),
+  settingsToggle: $("settings-toggle"), voice: $("voice"), instructions: $("instructions"),
+  server: $("server"), apiKey: $("api-key"),
+};
+
+// Counters the browser tests read; also handy in the console.
+const test = {
+  connected: false, conversations: 0, reconnects: 0, capturedSamples: 0, turns: {}, lastStop: null, errors: [],
+};
+window.audiochatTest = test;
+
+let socket = null;
+let reconnectAttempt = 0;
+let audio = null; // {context, player, capture, micStream}
+let recording = null; // {pcm: Int16Array[], samples}
+let pendingTurnSentAt = null;
+const turns = new Map(); // turn_index -> turn state
+
+// ---------- connection ----------
+
+function serverUrl() {
+  const base = ui.server.value.trim() || window.location.origin;
+  const url = new URL("/v1/converse", base);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  return url.toString();
+}
+
+function connect() {
+  const protocols = ["audiochat.v1"];
+  const key = ui.apiKey.value.trim();
+  if (key) protocols.push(`audiochat.bearer.${key}`);
+  setStatus("connecting…", false);
+  let ws;
+  try {
+    ws = new WebSocket(serverUrl(), protocols);
+  } catch (error) {
+    showError(`The server address is not valid: ${error.message}`);
+    return;
+  }
+  ws.binaryType = "arraybuffer";
+  socket = ws;
+  ws.onopen = () => {
+    const config = { type: "config", input_audio: { encoding: "pcm16", sample_rate_hz: SOURCE_RATE } };
+    if (ui.voice.value.trim()) config.voice = ui.voice.value.trim();
+    if (ui.instructions.value.trim()) config.instructions = ui.instructions.value.trim();
+    ws.send(JSON.stringify(config));
+  };
+  ws.onmessage = ({ data }) => (typeof data === "string" ? onEvent(JSON.parse(data)) : onAudio(data));
+  ws.onclose = (event) => onClose(ws, event);
+}
+
+function onClose(ws, event) {
+  if (socket !== ws) return; // replaced on purpose (settings changed)
+  socket = null;
+  test.connected = false;
+  stopPlayback(false);
+  for (const turn of turns.values()) if (!turn.done) finishTurn(turn, { reason: "error", error: { message: "connection lost" } });
+  if (event.code === 1008) {
+    showError(`The server refused the connection: ${event.reason || "not allowed"}. Check the API key in settings.`);
+    setStatus("refused", false);
+    return;
+  }
+  const delay = RECONNECT_DELAYS_MS[Math.min(reconnectAttempt, RECONNECT_DELAYS_MS.length - 1)];
+  reconnectAttempt += 1;
+  setStatus(`connection lost, reconnecting in ${Math.round(delay / 100) / 10} s…`, false);
+  if (event.code !== 1000 && event.code !== 1012) showError("Connection lost. Reconnecting…");
+  setTimeout(() => {
+    test.reconnects += 1;
+    connect();
+  }, delay);
+}
+
+function send(message) {
+  if (!socket || socket.readyState !== WebSocket.OPEN) {
+    showError("Not connected to the server yet. Wait a moment and try again.");
+    return false;
+  }
+  socket.send(typeof message === "string" || message instanceof ArrayBuffer ? message : JSON.stringify(message));
+  return true;
+}
+
+// ---------- events from the server ----------
+
+function onEvent(event) {
+  switch (event.type) {
+    case "conversation.started":
+      // Turn indexes count per connection: a new conversation starts them again at 1.
+      turns.clear();
+      test.turns = {};
+      reconnectAttempt = 0;
+      test.connected = true;
+      test.conversations += 1;
+      hideError();
+      setStatus("ready", true);
+      break;
+    case "turn.started": {
+      const turn = turnFor(event.turn_index);
+      turn.turnId = event.turn_id;
+      turn.inputAudioMs = event.input_audio_ms;
+      test.turns[event.turn_index].inputAudioMs = event.input_audio_ms;
+      break;
+    }
+    case "text.delta":
+      appendText(turnFor(event.turn_index), event.text);
+      break;
+    case "turn.completed":
+      finishTurn(turnFor(event.turn_index), event);
+      break;
+    case "error":
+      test.errors.push(event);
+      showError(event.message || "The server reported an error.");
+      break;
+    default:
+      break; // usage and future events need nothing on this page
+  }
+}
+
+function onAudio(buffer) {
+  const view = new DataView(buffer);
+  const turnIndex = view.getUint32(0, true);
+  const turn = turnFor(turnIndex);
+  if (turn.stopped) return; // in flight when the listener talked over it
+  const pcm = buffer.slice(16);
+  const samples = pcm.byteLength / 2;
+  if (turn.firstAudioAt === null) {
+    turn.firstAudioAt = performance.now();
+    test.turns[turnIndex].timeToFirstAudioMs = Math.round(turn.firstAudioAt - turn.sentAt);
+  }
+  turn.pcm.push(new Int16Array(pcm.slice(0)));
+  turn.receivedSamples += samples;
+  test.turns[turnIndex].receivedSamples = turn.receivedSamples;
+  ensureAudio().then(({ player }) => {
+    player.port.postMessage({ type: "audio", turnId: turnIndex, pcm }, [pcm]);
+    turn.playing = true;
+  });
+}
+
+function turnFor(index) {
+  let turn = turns.get(index);
+  if (!turn) {
+    turn = {
+      index, turnId: null, text: "", pcm: [], receivedSamples: 0, playedSamples: 0, firstAudioAt: null,
+      sentAt: pendingTurnSentAt ?? performance.now(), done: false, stopped: false, playing: false,
+      bubble: addBubble("assistant", ""),
+    };
+    pendingTurnSentAt = null;
+    turns.set(index, turn);
+    test.turns[index] = { receivedSamples: 0, playedSamples: 0, reason: null, playedMs: null };
+  }
+  return turn;
+}
+
+function appendText(turn, text) {
+  turn.text += text;
+  turn.bubble.querySelector(".text").textContent = turn.text;
+  scrollDown();
+}
+
+function finishTurn(turn, event) {
+  turn.done = true;
+  const record = test.turns[turn.index];
+  record.reason = event.reason;
+  record.playedMs = event.played_ms ?? null;
+  record.audioSamples = event.audio_samples ?? 0;
+  const seconds = (performance.now() - turn.sentAt) / 1000;
+  const meta = turn.bubble.querySelector(".meta");
+  if (event.reason === "error") {
+    turn.bubble.classList.add("error-turn");
+    meta.append(span(`failed: ${event.error?.message ?? "unknown error"}`));
+  } else if (event.reason === "interrupted") {
+    markCut(turn, event.played_ms ?? 0);
+  }
+  if (turn.firstAudioAt !== null) meta.append(span(`first audio ${Math.round(turn.firstAudioAt - turn.sentAt)} ms`));
+  meta.append(span(`${seconds.toFixed(1)} s`));
+  if (turn.receivedSamples) meta.append(downloadLink(turn));
+  if (audio && !turn.stopped) audio.player.port.postMessage({ type: "end", turnId: turn.index });
+}
+
+function markCut(turn, playedMs) {
+  // Show the answer cut where the listener cut it: the heard part, then the rest struck through.
+  const total = turn.receivedSamples / SAMPLES_PER_MS;
+  let cut = total > 0 ? Math.round((turn.text.length * Math.min(playedMs, total)) / total) : 0;
+  const space = turn.text.lastIndexOf(" ", cut);
+  if (cut < turn.text.length && space > 0) cut = space; // at a word boundary, as the service cuts its history
+  const text = turn.bubble.querySelector(".text");
+  text.textContent = turn.text.slice(0, cut);
+  const rest = document.createElement("span");
+  rest.className = "cut";
+  rest.textContent = turn.text.slice(cut);
+  text.append(rest);
+  turn.bubble.querySelector(".meta").append(span(`interrupted at ${(playedMs / 1000).toFixed(1)} s`));
+}
+
+// ---------- audio ----------
+
+async function ensureAudio() {
+  if (audio) return audio;
+  const context = new AudioContext({ latencyHint: "interactive" });
+  await Promise.all([
+    context.audioWorklet.addModule("static/player-worklet.js"),
+    context.audioWorklet.addModule("static/capture-worklet.js"),
+  ]);
+  const player = new AudioWorkletNode(context, "pcm-player", { outputChannelCount: [1], processorOptions: { jitterMs: 60 } });
+  player.connect(context.destination);
+  player.port.onmessage = ({ data }) => onPlayerMessage(data);
+  audio = { context, player, capture: null, micStream: null, stopWaiters: [] };
+  if (context.state === "suspended") await context.resume();
+  return audio;
+}
+
+function onPlayerMessage(message) {
+  if (message.type === "played" && message.turnId !== null) {
+    const turn = turns.get(message.turnId);
+    if (turn) {
+      turn.playedSamples = message.playedSamples;
+      test.turns[message.turnId].playedSamples = message.playedSamples;
+      if (message.drained) turn.playing = false;
+    }
+  } else if (message.type === "stopped") {
+    const waiter = audio.stopWaiters.shift();
+    if (waiter) waiter(message);
+  }
+}
+
+function playing() {
+  for (const turn of turns.values()) if (!turn.stopped && (turn.playing || !turn.done)) return turn;
+  return null;
+}
+
+// Barge-in: stop playback at once, then tell the service how much was actually heard.
+async function stopPlayback(notifyServer = true) {
+  const turn = playing();
+  if (!turn || !audio) {
+    if (turn && notifyServer) send({ type: "interrupt", played_ms: 0 });
+    if (turn) turn.stopped = true;
+    return;
+  }
+  turn.stopped = true;
+  const stopped = await new Promise((resolve) => {
+    audio.stopWaiters.push(resolve);
+    audio.player.port.postMessage({ type: "stop" });
+  });
+  const playedSamples = stopped.turnId === turn.index ? stopped.playedSamples : turn.playedSamples;
+  turn.playedSamples = playedSamples;
+  turn.playing = false;
+  const playedMs = Math.floor(playedSamples / SAMPLES_PER_MS);
+  test.lastStop = { turnIndex: turn.index, playedSamples, playedMs, at: performance.now() };
+  test.turns[turn.index].playedSamples = playedSamples;
+  if (notifyServer) send({ type: "interrupt", played_ms: playedMs });
+  if (turn.done && turn.receivedSamples / SAMPLES_PER_MS > playedMs) markCut(turn, playedMs);
+}
+
+async function startTalking() {
+  if (recording) return;
+  const current = playing();
+  test.pressed = { at: performance.now(), turnIndex: current?.index ?? null, playedSamples: current?.playedSamples ?? 0 };
+  recording = { pcm: [], samples: 0, starting: true };
+  ui.talk.classList.add("recording");
+  try {
+    const { context } = await ensureAudio();
+    await stopPlayback(true);
+    if (!audio.capture) {
+      audio.micStream = await navigator.mediaDevices.getUserMedia({
+        audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      });
+      const source = context.createMediaStreamSource(audio.micStream);
+      audio.capture = new AudioWorkletNode(context, "pcm-capture", { numberOfInputs: 1, numberOfOutputs: 1 });
+      const mute = context.createGain();
+      mute.gain.value = 0; // the worklet must be pulled by the graph, but the mic must not reach the speakers
+      source.connect(audio.capture).connect(mute).connect(context.destination);
+      audio.capture.port.onmessage = ({ data }) => onCaptured(data);
+    }
+    audio.capture.port.postMessage({ type: "start" });
+    recording.starting = false;
+    if (recording.releaseRequested) stopTalking();
+  } catch (error) {
+    recording = null;
+    ui.talk.classList.remove("recording");
+    showError(microphoneProblem(error));
+  }
+}
+
+function stopTalking() {
+  if (!recording) return;
+  if (recording.starting) {
+    recording.releaseRequested = true;
+    return;
+  }
+  ui.talk.classList.remove("recording");
+  audio.capture.port.postMessage({ type: "stop" });
+}
+
+function onCaptured(message) {
+  if (message.type === "pcm" && recording) {
+    recording.pcm.push(new Int16Array(message.pcm.slice(0)));
+    recording.samples += message.pcm.byteLength / 2;
+    test.capturedSamples += message.pcm.byteLength / 2;
+    send(message.pcm);
+  } else if (message.type === "stopped" && recording) {
+    const finished = recording;
+    recording = null;
+    if (!finished.samples) return;
+    pendingTurnSentAt = performance.now();
+    if (send({ type: "commit" })) addVoiceNote(finished);
+  }
+}
+
+function microphoneProblem(error) {
+  if (error?.name === "NotAllowedError") {
+    return "Microphone permission was denied. Allow the microphone for this site to talk; typing still works.";
+  }
+  if (error?.name === "NotFoundError") return "No microphone was found. Typing still works.";
+  if (!window.isSecureContext) return "The microphone needs HTTPS (or localhost). Typing still works.";
+  return `The microphone could not start: ${error?.message ?? error}`;
+}
+
+// ---------- the chat ----------
+
+function addBubble(role, text) {
+  ui.hint.hidden = true;
+  const bubble = document.createElement("div");
+  bubble.className = `bubble ${role}`;
+  const body = document.createElement("div");
+  body.className = "text";
+  body.textContent = text;
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  bubble.append(body, meta);
+  ui.chat.append(bubble);
+  scrollDown();
+  return bubble;
+}
+
+function addVoiceNote(finished) {
+  const bubble = addBubble("user", "");
+  const seconds = finished.samples / SOURCE_RATE;
+  bubble.querySelector(".text").textContent = `Voice message, ${seconds.toFixed(1)} s`;
+  const replay = document.createElement("button");
+  replay.type = "button";
+  replay.textContent = "▶ replay";
+  replay.addEventListener("click", () => new Audio(URL.createObjectURL(wavBlob(finished.pcm))).play());
+  bubble.querySelector(".meta").append(replay);
+}
+
+function downloadLink(turn) {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(wavBlob(turn.pcm));
+  link.download = `answer-${turn.index}.wav`;
+  link.textContent = "⬇ WAV";
+  return link;
+}
+
+function wavBlob(pieces) {
+  const samples = pieces.reduce((sum, piece) => sum + piece.length, 0);
+  const header = new DataView(new ArrayBuffer(44));
+  const text = (offset, value) => [...value].forEach((c, i) => header.setUint8(offset + i, c.charCodeAt(0)));
+  text(0, "RIFF");
+  header.setUint32(4, 36 + samples * 2, true);
+  text(8, "WAVEfmt ");
+  header.setUint32(16, 16, true);
+  header.setUint16(20, 1, true);
+  header.setUint16(22, 1, true);
+  header.setUint32(24, SOURCE_RATE, true);
+  header.setUint32(28, SOURCE_RATE * 2, true);
+  header.setUint16(32, 2, true);
+  header.setUint16(34, 16, true);
+  text(36, "data");
+  header.setUint32(40, samples * 2, true);
+  return new Blob([header, ...pieces], { type: "audio/wav" });
+}
+
+const span = (text) => Object.assign(document.createElement("span"), { textContent: text });
+const scrollDown = () => ui.chat.scrollTo({ top: ui.chat.scrollHeight });
+
+function setStatus(text, online) {
+  ui.status.textContent = text;
+  ui.dot.classList.toggle("online", online);
+}
+function showError(message) {
+  ui.error.textContent = message;
+  ui.error.hidden = false;
+}
+function hideError() {
+  ui.error.hidden = true;
+}
+
+// ---------- controls ----------
+
+ui.textForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const text = ui.text.value.trim();
+  if (!text) return;
+  await ensureAudio();
+  await stopPlayback(true);
+  pendingTurnSentAt = performance.now();
+  if (send({ type: "text", text })) {
+    addBubble("user", text);
+    ui.text.value = "";
+  }
+});
+
+ui.talk.addEventListener("pointerdown", (event) => {
+  event.preventDefault();
+  ui.talk.setPointerCapture(event.pointerId);
+  startTalking();
+});
+ui.talk.addEventListener("pointerup", stopTalking);
+ui.talk.addEventListener("pointercancel", stopTalking);
+
+const typing = () => ["INPUT", "TEXTAREA"].includes(document.activeElement?.tagName);
+window.addEventListener("keydown", (event) => {
+  if (event.code === "Space" && !event.repeat && !typing()) {
+    event.preventDefault();
+    startTalking();
+  }
+});
+window.addEventListener("keyup", (event) => {
+  if (event.code === "Space" && !typing()) {
+    event.preventDefault();
+    stopTalking();
+  }
+});
+
+ui.settingsToggle.addEventListener("click", () => {
+  ui.settings.hidden = !ui.settings.hidden;
+  ui.settingsToggle.setAttribute("aria-expanded", String(!ui.settings.hidden));
+});
+ui.settings.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const old = socket;
+  socket = null;
+  old?.close(1000);
+  reconnectAttempt = 0;
+  connect();
+});
+
+connect();
