@@ -45,7 +45,11 @@ class EdgeServer:
         if keys.open:
             log.warning("no AUDIOCHAT_API_KEYS: the edge accepts every request that reaches it")
         channel = grpc.aio.insecure_channel(self.target, options=channel_options(settings))
-        store = ResumeStore(keep_seconds=settings.resume_seconds, max_bytes=settings.resume_buffer_bytes)
+        store = ResumeStore(
+            keep_seconds=settings.resume_seconds,
+            max_bytes=settings.resume_buffer_bytes,
+            orphan_seconds=settings.sse_orphan_seconds,
+        )
         self.context = EdgeContext(settings, channel, keys, Origins(settings.allowed_origins), store)
         self._http = EmbeddedHTTPServer(
             create_app(self.context),

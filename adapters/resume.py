@@ -3,6 +3,9 @@
 A turn's encoded events are appended while it runs and kept `keep_seconds` after it ends. All buffers
 count against one memory cap: past it, ended turns are dropped oldest first, then running ones stop being
 resumable. A dropped turn still reaches the readers it has, and lets go of what they all have read.
+
+A running turn with no reader is an orphan: its client left and may come back. After `orphan_seconds` with
+no reader it is abandoned (its `on_abandoned` runs), so the upstream stops instead of streaming into nowhere.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 
 class TurnLog:
@@ -27,6 +30,8 @@ class TurnLog:
         self.done = False
         self.resumable = True
         self.size = 0
+        self.abandoned = False
+        self.on_abandoned: Callable[[], object] | None = None
 
     @property
     def last_sequence(self) -> int:
@@ -74,6 +79,16 @@ class TurnLog:
         finally:
             del self._readers[reader]
             self._release()
+            if not self._readers and not self.done:
+                self._store.orphaned(self)
+
+    def abandon_if_orphan(self) -> None:
+        """Stop the turn if, still running, it has had no reader since it was orphaned."""
+        if self._readers or self.done or self.abandoned:
+            return
+        self.abandoned = True
+        if self.on_abandoned is not None:
+            self.on_abandoned()
 
     def drop(self) -> None:
         """Stop being resumable: from now on, what every reader has read is let go."""
@@ -96,9 +111,10 @@ class TurnLog:
 class ResumeStore:
     """Every turn's log under one byte cap; an ended log expires `keep_seconds` after its end."""
 
-    def __init__(self, *, keep_seconds: float, max_bytes: int) -> None:
+    def __init__(self, *, keep_seconds: float, max_bytes: int, orphan_seconds: float = 10.0) -> None:
         self.keep_seconds = keep_seconds
         self.max_bytes = max_bytes
+        self.orphan_seconds = orphan_seconds
         self.bytes = 0
         self._logs: OrderedDict[str, TurnLog] = OrderedDict()
 
@@ -122,6 +138,10 @@ class ResumeStore:
             self._evict()
         if not log.resumable:
             log.drop()  # its live reader may be far enough along to let go of this already
+
+    def orphaned(self, log: TurnLog) -> None:
+        """A running log lost its last reader: abandon it unless one comes back in time."""
+        asyncio.get_running_loop().call_later(self.orphan_seconds, log.abandon_if_orphan)
 
     def shrank(self, freed: int) -> None:
         """A dropped log let `freed` bytes go."""

@@ -99,6 +99,7 @@ async def _start(edge: EdgeContext, turn: pb.StreamTurnRequest) -> TurnLog | Edg
     buffered = edge.store.open(first.turn_id)
     buffered.append(encode_turn_event(first))
     pump = asyncio.create_task(_pump(call, buffered), name=f"sse:{first.turn_id}")
+    buffered.on_abandoned = pump.cancel
     edge.pumps.add(pump)
     pump.add_done_callback(edge.pumps.discard)
     return buffered
@@ -112,8 +113,11 @@ async def _pump(call: Any, buffered: TurnLog) -> None:
         error = from_rpc_error(exc)
         buffered.append(encode_error(buffered.turn_id, buffered.last_sequence + 1, error.code, error.message))
     except asyncio.CancelledError:
-        # The edge is stopping past its drain grace: end the turn upstream, and say so to readers.
+        # Abandoned by its client, or the edge is stopping past its drain grace: end the turn upstream.
         call.cancel()
+        if buffered.abandoned:
+            log.info("turn %s abandoned: no client came back; stopped upstream", buffered.turn_id)
+            return
         error = shutting_down()
         buffered.append(encode_error(buffered.turn_id, buffered.last_sequence + 1, error.code, error.message))
         raise

@@ -46,6 +46,8 @@ class Settings:
     heartbeat_seconds: float = 15.0
     resume_seconds: float = 60.0
     resume_buffer_bytes: int = 256 * 1024 * 1024
+    # An SSE turn whose client left is kept running this long for a resume, then stopped upstream.
+    sse_orphan_seconds: float = 10.0
 
     @property
     def upstream_kind(self) -> str:

@@ -86,10 +86,10 @@ async def test_heartbeats_while_the_model_is_quiet(edge: RunningEdge) -> None:
     assert fold(blocks(raw))["text"] == expected("text_only")["text"]
 
 
+@pytest.mark.parametrize("name", ["audio_no_finish_reason", "audio_finish_before_expires"])
 async def test_resume_after_a_drop_mid_audio_reassembles_identical_audio(
-    edge: RunningEdge, upstream: FixtureUpstream
+    edge: RunningEdge, upstream: FixtureUpstream, name: str
 ) -> None:
-    name = "audio_finish_before_expires"
     first = bytearray()
     async with (
         httpx.AsyncClient(base_url=edge.base_url) as client,
@@ -97,8 +97,9 @@ async def test_resume_after_a_drop_mid_audio_reassembles_identical_audio(
     ):
         async for chunk in response.aiter_raw():
             first += chunk
-            if sum(parse(block)[0] == "audio.delta" for block in blocks(bytes(first))) >= 3:
-                break  # the connection drops here, in the middle of the audio
+            deltas = sum(parse(block)[0] in ("audio.delta", "text.delta") for block in blocks(bytes(first)))
+            if deltas >= 8:
+                break  # the connection drops here, in the middle of the answer
     kept = blocks(bytes(first))
     last_id = parse(kept[-1])[1]
     turn_id = last_id.split(":")[0]
@@ -115,6 +116,31 @@ async def test_resume_after_a_drop_mid_audio_reassembles_identical_audio(
     assert folded["sha256"] == expected(name)["audio_sha256"]
     assert folded["text"] == expected(name)["text"]
     assert upstream.streams_started == 1, "the model is called once"
+
+
+async def test_a_turn_nobody_comes_back_for_is_stopped_upstream(
+    start_edge: StartEdge, upstream: FixtureUpstream
+) -> None:
+    edge = await start_edge(sse_orphan_seconds=0.3)
+    received = bytearray()
+    async with (
+        httpx.AsyncClient(base_url=edge.base_url) as client,
+        client.stream(
+            "POST", "/v1/turns", json={"text": "Hi", "model": "slow/audio_no_finish_reason"}
+        ) as response,
+    ):
+        async for chunk in response.aiter_raw():
+            received += chunk
+            if len(blocks(bytes(received))) >= 3:
+                break  # the client leaves for good
+    await asyncio.wait_for(upstream.client_closed.wait(), timeout=5)
+    assert upstream.closed_by_client == 1, "the upstream connection was closed, not read to its end"
+    # What was produced before the turn stopped can still be fetched, and it ends without a completion.
+    turn_id = parse(blocks(bytes(received))[0])[1].split(":")[0]
+    async with httpx.AsyncClient(base_url=edge.base_url) as client:
+        replay = await client.get(f"/v1/turns/{turn_id}/events")
+    assert replay.status_code == 200
+    assert all(parse(block)[0] != "turn.completed" for block in blocks(replay.content))
 
 
 async def test_resume_of_an_unknown_or_expired_turn_is_404(start_edge: StartEdge) -> None:
