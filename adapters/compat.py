@@ -33,6 +33,7 @@ from adapters.status import (
     unauthenticated,
 )
 from audiochat.v1 import audiochat_pb2 as pb
+from service import metrics
 from service.audio import wrap_pcm16_as_wav
 from service.offline import wire
 
@@ -112,20 +113,24 @@ async def _stream(
     call: Any, parsed: CompatRequest, ident: wire.StreamIdentity, counted: Any
 ) -> AsyncIterator[bytes]:
     head, tail = _audio_chunk_parts(ident)
+    relay = metrics.for_transport("openai").edge_relay_added
     usage: pb.Usage | None = None
     with counted():
         try:
             first = wire.role_chunk(ident) if parsed.wants_audio else wire.text_role_chunk(ident)
             yield wire.sse_event(first)
             while (event := await call.read()) is not grpc.aio.EOF:
+                received_at = time.perf_counter()
                 kind = event.WhichOneof("event")
                 if kind == "audio":
                     yield head + base64.b64encode(event.audio.data) + tail
+                    relay.observe(time.perf_counter() - received_at)
                 elif kind == "text":
                     if event.text.source == pb.TEXT_SOURCE_TRANSCRIPT:
                         yield wire.sse_event(wire.transcript_chunk(ident, event.text.text))
                     else:
                         yield wire.sse_event(wire.content_chunk(ident, event.text.text))
+                    relay.observe(time.perf_counter() - received_at)
                 elif kind == "usage":
                     usage = event.usage
                 elif kind == "completed":

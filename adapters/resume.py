@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+
+from prometheus_client import Histogram
 
 
 class TurnLog:
@@ -23,6 +26,7 @@ class TurnLog:
         self.turn_id = turn_id
         self._store = store
         self._events: list[bytes] = []
+        self._received_at: list[float] = []  # when each event came from the core, for the relay histogram
         self._first_sequence = 1  # sequence of _events[0]; grows once a dropped log lets its head go
         self._changed = asyncio.Event()
         self._readers: dict[int, int] = {}  # reader -> next sequence it reads
@@ -38,9 +42,10 @@ class TurnLog:
         """Sequence of the newest event (0 before the first)."""
         return self._first_sequence + len(self._events) - 1
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes, received_at: float = 0.0) -> None:
         """Add the next event; its sequence is last_sequence + 1, as the core numbers them."""
         self._events.append(data)
+        self._received_at.append(received_at)
         self.size += len(data)
         self._changed.set()
         self._store.grew(self, len(data))
@@ -55,18 +60,28 @@ class TurnLog:
         """Whether every event after `sequence` is still held."""
         return self._first_sequence - 1 <= sequence <= self.last_sequence
 
-    async def follow(self, after: int, heartbeat_seconds: float) -> AsyncIterator[bytes]:
-        """The events after sequence `after` until the turn ends; b"" after each quiet `heartbeat_seconds`."""
+    async def follow(
+        self, after: int, heartbeat_seconds: float, relay: Histogram | None = None
+    ) -> AsyncIterator[bytes]:
+        """The events after sequence `after` until the turn ends; b"" after each quiet `heartbeat_seconds`.
+
+        Once the reader has caught up, each event's time from the core to this reader goes to `relay`.
+        """
         if not self.has_after(after):
             return
         reader = next(self._reader_ids)
         self._readers[reader] = after + 1
+        live = False
         try:
             while True:
                 while (position := self._readers[reader] - self._first_sequence) < len(self._events):
                     data = self._events[position]
+                    received_at = self._received_at[position]
                     self._readers[reader] += 1
                     yield data
+                    if live and relay is not None and received_at:
+                        relay.observe(time.perf_counter() - received_at)
+                live = True
                 if self.done:
                     return
                 self._changed.clear()
@@ -103,6 +118,7 @@ class TurnLog:
         if count > 0:
             freed = sum(len(data) for data in self._events[:count])
             del self._events[:count]
+            del self._received_at[:count]
             self._first_sequence = upto
             self.size -= freed
             self._store.shrank(freed)

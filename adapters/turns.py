@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from adapters.sse import HEARTBEAT, MEDIA_TYPE, SSE_HEADERS, encode_error, encod
 from adapters.status import EdgeError, bad_request, edge_error, from_rpc_error, shutting_down, unauthenticated
 from adapters.turn_request import RequestError, from_form, from_json
 from audiochat.v1 import audiochat_pb2 as pb
+from service import metrics
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +78,13 @@ def _resume(edge: EdgeContext, last_event_id: str, turn_id: str | None) -> Respo
         )
     buffered = edge.store.get(parsed[0])
     if buffered is None or not buffered.has_after(parsed[1]):
+        metrics.RESUMES.labels("not_found").inc()
         seconds = f"{edge.settings.resume_seconds:g}"
         message = (
             f"turn {parsed[0]} cannot be resumed after event {parsed[1]}: unknown, or over {seconds} s old"
         )
         return error_response(edge_error("not_found", message, 404, 1008))
+    metrics.RESUMES.labels("resumed").inc()
     return _stream(edge, buffered, after=parsed[1])
 
 
@@ -108,7 +112,7 @@ async def _start(edge: EdgeContext, turn: pb.StreamTurnRequest) -> TurnLog | Edg
 async def _pump(call: Any, buffered: TurnLog) -> None:
     try:
         while (event := await call.read()) is not grpc.aio.EOF:
-            buffered.append(encode_turn_event(event))
+            buffered.append(encode_turn_event(event), time.perf_counter())
     except grpc.aio.AioRpcError as exc:
         error = from_rpc_error(exc)
         buffered.append(encode_error(buffered.turn_id, buffered.last_sequence + 1, error.code, error.message))
@@ -130,6 +134,7 @@ def _stream(edge: EdgeContext, buffered: TurnLog, after: int) -> StreamingRespon
 
 
 async def _follow(edge: EdgeContext, buffered: TurnLog, after: int) -> AsyncIterator[bytes]:
+    relay = metrics.for_transport("sse").edge_relay_added
     with edge.stream():
-        async for data in buffered.follow(after, edge.settings.heartbeat_seconds):
+        async for data in buffered.follow(after, edge.settings.heartbeat_seconds, relay):
             yield data or HEARTBEAT

@@ -23,6 +23,7 @@ from adapters.event_json import EVENT_NAMES, JSON_OF
 from adapters.status import EdgeError, bad_request, edge_error, from_rpc_error, shutting_down, unauthenticated
 from adapters.turn_request import ENCODINGS, RequestError, history, turn_config
 from audiochat.v1 import audiochat_pb2 as pb
+from service import metrics
 
 # Binary server frames: turn_index (uint32), sequence (uint32), start_sample (uint64), little-endian;
 # 16 bytes, so the pcm16 after it stays aligned for an Int16Array view.
@@ -212,8 +213,10 @@ class Session:
 
     async def _core_to_client(self, call: Any) -> EdgeError | bool | None:
         ws = self._ws
+        relay = metrics.for_transport("websocket").edge_relay_added
         try:
             while (response := await call.read()) is not grpc.aio.EOF:
+                received_at = time.perf_counter()
                 self._last_activity = time.monotonic()
                 if response.HasField("started"):
                     started = {
@@ -228,6 +231,7 @@ class Session:
                     if not self._muted:
                         header = AUDIO_HEADER.pack(self._turn_index, event.sequence, event.audio.start_sample)
                         await ws.send_bytes(header + event.audio.data)
+                        relay.observe(time.perf_counter() - received_at)
                     continue
                 if kind == "started":
                     self._turn_index += 1
@@ -244,6 +248,7 @@ class Session:
                 payload.update(JSON_OF[str(kind)](event))
                 payload["turn_id"] = event.turn_id
                 await ws.send_text(json.dumps(payload, separators=(",", ":")))
+                relay.observe(time.perf_counter() - received_at)
         except grpc.aio.AioRpcError as exc:
             return from_rpc_error(exc)
         except WebSocketDisconnect:
