@@ -90,6 +90,7 @@ class Conversation:
         defaults: Defaults,
         limits: Limits,
         on_turn_end: Callable[[Turn], None],
+        on_heard_part: Callable[[int], None] = lambda played_ms: None,
     ) -> None:
         self.conversation_id = f"conv_{uuid.uuid4().hex}"
         self.settings = resolve_settings(config.turn, defaults)
@@ -98,6 +99,7 @@ class Conversation:
         self._upstream = upstream
         self._limits = limits
         self._on_turn_end = on_turn_end
+        self._on_heard_part = on_heard_part
         self._recording = Recording(bytearray())
         self._turn: Turn | None = None
         self._task: asyncio.Task[None] | None = None
@@ -198,6 +200,7 @@ class Conversation:
             entry = self.history[index]
             if isinstance(entry, AssistantEntry) and played_ms < audio_ms:
                 self.history[index] = AssistantEntry(heard_part(entry.text, played_ms, audio_ms))
+                self._on_heard_part(played_ms)
             self._last_answer = None
 
     def _remember(self, turn: Turn) -> None:

@@ -30,6 +30,14 @@ def event_sent(meter: TransportMetrics, turn: Turn, event: pb.TurnEvent, read_at
         meter.first_text.observe(now - turn.accepted_at)
 
 
+def interrupted_after_end(meter: TransportMetrics, played_ms: int) -> None:
+    """The listener stopped an answer that had fully arrived (the usual barge-in: models outrun playback)."""
+    meter.interruptions.inc()
+    log.info(
+        "answer interrupted after it arrived", extra={"transport": meter.transport, "played_ms": played_ms}
+    )
+
+
 def outcome_name(turn: Turn) -> str:
     """The finish reason as a short lowercase label (stop, length, interrupted, error, ...)."""
     if turn.completion is None:

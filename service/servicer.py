@@ -110,6 +110,7 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                     defaults=self._defaults,
                     limits=self._limits,
                     on_turn_end=lambda turn: observe.turn_finished(turn, transport, time.perf_counter()),
+                    on_heard_part=lambda played_ms: observe.interrupted_after_end(meter, played_ms),
                 )
                 self._conversations.add(conversation)
                 try:

@@ -196,3 +196,21 @@ async def test_half_close_lets_the_running_answer_finish(service: RunningService
     await call.done_writing()
     (await read_turn(call)).assert_matches("text_only")
     assert await call.read() is grpc.aio.EOF
+
+
+async def test_interrupting_an_answer_that_already_arrived_keeps_only_what_was_heard(
+    service: RunningService, upstream: FixtureUpstream
+) -> None:
+    # Models speak faster than real time, so most barge-ins come after the last event, during playback.
+    call = await open_conversation(service, "fresh/audio_no_finish_reason")
+    await call.write(text("Is a golden retriever a good family dog?"))
+    first = await read_turn(call)
+    assert first.completed is not None and first.completed.reason == pb.FINISH_REASON_STOP
+    await call.write(pb.ConverseRequest(interrupt=pb.Interrupt(played_ms=1000)))
+    await call.write(text("Go on."))
+    await read_turn(call)
+    answer = upstream.requests[-1]["messages"][1]
+    assert answer["role"] == "assistant" and "audio" not in answer, "the full answer's audio id is dropped"
+    assert answer["content"].endswith("…")
+    assert len(answer["content"]) < len(expected("audio_no_finish_reason")["text"])
+    call.cancel()

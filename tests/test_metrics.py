@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import grpc
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -135,3 +136,26 @@ async def test_metric_names_and_buckets_follow_the_design(scrape: Scrape) -> Non
         if name == "audiochat_time_to_first_audio_seconds_bucket"
     }
     assert {0.001, 0.04, 0.25, 2.5, 40.0} <= buckets
+
+
+async def test_a_barge_in_after_the_answer_arrived_counts_as_an_interruption(
+    service: RunningService, scrape: Scrape
+) -> None:
+    before = await scrape()
+    call = service.stub.Converse()
+    await call.write(
+        pb.ConverseRequest(
+            config=pb.ConverseConfig(turn=pb.TurnConfig(model="fixture/audio_no_finish_reason"))
+        )
+    )
+    await call.read()
+    await call.write(pb.ConverseRequest(text=pb.TextInput(text="hi")))
+    while not (await call.read()).event.HasField("completed"):
+        pass
+    await call.write(pb.ConverseRequest(interrupt=pb.Interrupt(played_ms=700)))
+    await call.done_writing()
+    while await call.read() is not grpc.aio.EOF:
+        pass
+    after = await scrape()
+    assert delta(before, after, "audiochat_interruptions_total", transport="grpc") == 1
+    assert delta(before, after, "audiochat_turns_total", transport="grpc", outcome="stop") == 1
