@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from audiochat.v1 import audiochat_pb2 as pb
 from service import logs
@@ -68,6 +70,20 @@ def _turn_request(args: argparse.Namespace) -> pb.StreamTurnRequest:
     )
 
 
+def run(main: Coroutine[Any, Any, object]) -> None:
+    """Run on uvloop when it is installed: less CPU per relayed event than the default loop (make bench)."""
+    if os.environ.get("AUDIOCHAT_EVENT_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main)
+            return
+    asyncio.run(main)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -87,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 http_port=args.http_port,
             )
             logs.configure(settings.log_level)
-            asyncio.run(serve(settings))
+            run(serve(settings))
         elif args.command == "edge":
             settings = from_environment(
                 role="edge",
@@ -97,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                 log_level=args.log_level,
             )
             logs.configure(settings.log_level)
-            asyncio.run(serve(settings))
+            run(serve(settings))
         else:
-            asyncio.run(run_turn(args.target, _turn_request(args), args.output))
+            run(run_turn(args.target, _turn_request(args), args.output))
     except (ClientError, ValueError) as exc:
         print(f"audiochat: {exc}", file=sys.stderr)
         return 1
