@@ -78,11 +78,3 @@ class Origins:
             return True
         # Same-origin pages (the web page served by this edge) need no configuration.
         return host is not None and urlsplit(origin).netloc == host
-
-    def cors_origin(self, origin: str | None) -> str | None:
-        """The Access-Control-Allow-Origin value for a cross-origin request, or None to refuse it."""
-        if origin is None:
-            return None
-        if self.any or origin in self.allowed:
-            return origin
-        return None

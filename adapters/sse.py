@@ -20,11 +20,6 @@ MEDIA_TYPE = "text/event-stream"
 _EVENT_LINES = {oneof: f"event: {name}\nid: ".encode() for oneof, name in EVENT_NAMES.items()}
 
 
-def event_id(turn_id: str, sequence: int) -> str:
-    """The `id:` of an event, and what a client sends back as Last-Event-ID."""
-    return f"{turn_id}:{sequence}"
-
-
 def parse_event_id(value: str) -> tuple[str, int] | None:
     """(turn id, sequence) of a Last-Event-ID, or None if it is not one of ours."""
     turn_id, _, sequence = value.strip().rpartition(":")

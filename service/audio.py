@@ -6,7 +6,6 @@ import struct
 from dataclasses import dataclass
 
 MODEL_SAMPLE_RATE = 24_000
-WAV_HEADER_BYTES = 44
 
 _WAVE_FORMAT_PCM = 0x0001
 _WAVE_FORMAT_IEEE_FLOAT = 0x0003

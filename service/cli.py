@@ -14,7 +14,7 @@ from audiochat.v1 import audiochat_pb2 as pb
 from service import logs
 from service.client import ClientError, audio_input_from_file, run_turn
 from service.runner import serve
-from service.settings import from_environment
+from service.settings import Settings, from_environment
 
 DEFAULT_TARGET = "localhost:50051"
 
@@ -70,6 +70,15 @@ def _turn_request(args: argparse.Namespace) -> pb.StreamTurnRequest:
     )
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the flags given (their names are the settings')."""
+    flags = {name: value for name, value in vars(args).items() if name not in ("command", "target")}
+    flags["core_target"] = args.target
+    if args.command == "edge":
+        flags["role"] = "edge"
+    return from_environment(**flags)
+
+
 def run(main: Coroutine[Any, Any, object]) -> None:
     """Run on uvloop when it is installed: less CPU per relayed event than the default loop (make bench)."""
     if os.environ.get("AUDIOCHAT_EVENT_LOOP", "uvloop") == "uvloop":
@@ -88,30 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "serve":
-            settings = from_environment(
-                upstream=args.upstream,
-                bind=args.bind,
-                grpc_port=args.grpc_port,
-                model=args.model,
-                voice=args.voice,
-                drain_seconds=args.drain_seconds,
-                max_streams=args.max_streams,
-                log_level=args.log_level,
-                role=args.role,
-                core_target=args.target,
-                http_port=args.http_port,
-            )
-            logs.configure(settings.log_level)
-            run(serve(settings))
-        elif args.command == "edge":
-            settings = from_environment(
-                role="edge",
-                core_target=args.target,
-                http_port=args.http_port,
-                bind=args.bind,
-                log_level=args.log_level,
-            )
+        if args.command in ("serve", "edge"):
+            settings = _settings(args)
             logs.configure(settings.log_level)
             run(serve(settings))
         else:

@@ -11,6 +11,7 @@ import grpc
 
 from audiochat.v1 import audiochat_pb2 as pb
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
+from service.audio import MODEL_SAMPLE_RATE
 from service.wav_writer import StreamingWavWriter
 
 CONNECT_TIMEOUT_SECONDS = 3.0
@@ -82,7 +83,7 @@ async def _stream(
 
 
 def _report(completed: pb.TurnCompleted, first_audio_ms: float | None, output: Path | None) -> None:
-    seconds = completed.audio_samples / 24_000
+    seconds = completed.audio_samples / MODEL_SAMPLE_RATE
     if first_audio_ms is not None:
         print(f"time to first audio: {first_audio_ms:.0f} ms", file=sys.stderr)
     if output is not None:

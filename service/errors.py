@@ -45,12 +45,6 @@ class WrongState(AudioChatError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class Unauthenticated(AudioChatError):
-    """No or bad credentials."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
 class Overloaded(AudioChatError):
     """One of our own limits (concurrent streams) is reached."""
 
@@ -71,7 +65,7 @@ class ShuttingDown(AudioChatError):
 _STATUS_BY_ERROR_CODE: dict[int, grpc.StatusCode] = {
     status.value[0]: status
     for status in grpc.StatusCode
-    if status.value[0] in pb.ErrorCode.values() and status.value[0] != 0
+    if status is not grpc.StatusCode.OK and status.value[0] in pb.ErrorCode.values()
 }
 
 

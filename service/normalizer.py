@@ -106,15 +106,12 @@ class Normalizer:
         return deltas
 
     def _fold_delta(self, delta: Mapping[str, Any], deltas: list[pb.TurnEvent]) -> None:
-        content = delta.get("content")
-        if content:
-            self._text_pieces.append(content)
-            deltas.append(pb.TurnEvent(text=pb.TextDelta(text=content, source=pb.TEXT_SOURCE_CONTENT)))
-        refusal = delta.get("refusal")
-        if refusal:
-            # A refusal is what the model said instead of an answer: the listener must see it.
-            self._text_pieces.append(refusal)
-            deltas.append(pb.TurnEvent(text=pb.TextDelta(text=refusal, source=pb.TEXT_SOURCE_CONTENT)))
+        # A refusal is what the model said instead of an answer: the listener sees it like content.
+        for key in ("content", "refusal"):
+            text = delta.get(key)
+            if text:
+                self._text_pieces.append(text)
+                deltas.append(pb.TurnEvent(text=pb.TextDelta(text=text, source=pb.TEXT_SOURCE_CONTENT)))
         audio = delta.get("audio")
         if not audio:
             return

@@ -7,7 +7,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from service.audio import wav_header
+from service.audio import MODEL_SAMPLE_RATE, wav_header
 
 RIFF_SIZE_OFFSET = 4
 DATA_SIZE_OFFSET = 40
@@ -16,7 +16,7 @@ DATA_SIZE_OFFSET = 40
 class StreamingWavWriter:
     """Writes pcm16 as it arrives, so a player can open the file before the answer ends."""
 
-    def __init__(self, path: Path, sample_rate: int = 24_000) -> None:
+    def __init__(self, path: Path, sample_rate: int = MODEL_SAMPLE_RATE) -> None:
         self._file: BinaryIO = path.open("wb")
         # Sizes are unknown until the end; zero now, patched in close().
         self._file.write(wav_header(0, sample_rate))
