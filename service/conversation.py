@@ -121,6 +121,8 @@ class Conversation:
             await self._interrupt(request.interrupt.played_ms)
         elif kind == "clear_audio":
             self._recording = Recording(bytearray())
+        elif kind == "tool_result":
+            raise InvalidInput("tool_result is not supported by this server yet")
         elif kind == "config":
             raise WrongState("config is only accepted as the first message of a conversation")
         else:

@@ -104,6 +104,9 @@ def resolve_settings(config: pb.TurnConfig, defaults: Defaults) -> TurnSettings:
     temperature = config.temperature if config.HasField("temperature") else None
     if temperature is not None and not (0.0 <= temperature <= 2.0 and math.isfinite(temperature)):
         raise InvalidInput("temperature must be between 0 and 2")
+    if config.tools or config.HasField("tool_choice") or config.HasField("parallel_tool_calls"):
+        # The contract has landed before the relay: refuse rather than answer as if tools were offered.
+        raise InvalidInput("tools are not supported by this server yet")
     max_tokens = config.max_output_tokens if config.HasField("max_output_tokens") else None
     if max_tokens == 0:
         raise InvalidInput("max_output_tokens must be positive when set")
@@ -188,9 +191,13 @@ def history_entries(items: Iterable[pb.HistoryItem], limits: Limits) -> list[Ent
             entries.append(user_entry(item.user, limits, required=False))
         elif which == "assistant":
             assistant = item.assistant
+            if assistant.tool_calls:
+                raise InvalidInput("assistant tool_calls are not supported by this server yet")
             if not assistant.text and not assistant.audio_id:
                 raise InvalidInput("an assistant history message needs text or an audio_id")
             entries.append(AssistantEntry(assistant.text, assistant.audio_id, assistant.audio_expires_at))
+        elif which == "tool_result":
+            raise InvalidInput("tool_result history items are not supported by this server yet")
         else:
             raise InvalidInput("a history item must be a user or an assistant message")
     return entries

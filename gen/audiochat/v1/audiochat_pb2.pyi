@@ -71,6 +71,34 @@ MODALITY_AUDIO: Modality.ValueType  # 2
 """Speech."""
 Global___Modality: _TypeAlias = Modality  # noqa: Y015
 
+class _ToolChoiceMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ToolChoiceModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ToolChoiceMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOOL_CHOICE_MODE_UNSPECIFIED: _ToolChoiceMode.ValueType  # 0
+    """Not set: the upstream's default."""
+    TOOL_CHOICE_MODE_AUTO: _ToolChoiceMode.ValueType  # 1
+    """The model decides whether to call tools ("auto")."""
+    TOOL_CHOICE_MODE_NONE: _ToolChoiceMode.ValueType  # 2
+    """The model must not call tools ("none")."""
+    TOOL_CHOICE_MODE_REQUIRED: _ToolChoiceMode.ValueType  # 3
+    """The model must call at least one tool ("required")."""
+
+class ToolChoiceMode(_ToolChoiceMode, metaclass=_ToolChoiceModeEnumTypeWrapper):
+    """ToolChoiceMode is a tool choice that names no function."""
+
+TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode.ValueType  # 0
+"""Not set: the upstream's default."""
+TOOL_CHOICE_MODE_AUTO: ToolChoiceMode.ValueType  # 1
+"""The model decides whether to call tools ("auto")."""
+TOOL_CHOICE_MODE_NONE: ToolChoiceMode.ValueType  # 2
+"""The model must not call tools ("none")."""
+TOOL_CHOICE_MODE_REQUIRED: ToolChoiceMode.ValueType  # 3
+"""The model must call at least one tool ("required")."""
+Global___ToolChoiceMode: _TypeAlias = ToolChoiceMode  # noqa: Y015
+
 class _TextSource:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -222,6 +250,9 @@ class TurnConfig(_message.Message):
     OUTPUT_AUDIO_FORMAT_FIELD_NUMBER: _builtins.int
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Upstream model name, passed through unvalidated (for example "gpt-4o-audio-preview")."""
     voice: _builtins.str
@@ -232,6 +263,10 @@ class TurnConfig(_message.Message):
     """Upper bound on the answer's tokens (text and audio together)."""
     temperature: _builtins.float
     """Sampling temperature."""
+    parallel_tool_calls: _builtins.bool
+    """Whether the model may ask for several calls in one turn (Chat Completions `parallel_tool_calls`);
+    unset leaves the upstream's default (true). Only valid with tools.
+    """
     @_builtins.property
     def modalities(self) -> _containers.RepeatedScalarFieldContainer[Global___Modality.ValueType]:
         """What to answer with; empty means text and audio."""
@@ -239,6 +274,18 @@ class TurnConfig(_message.Message):
     @_builtins.property
     def output_audio_format(self) -> Global___AudioFormat:
         """Format of AudioDelta.data; only pcm16 at 24000 Hz can be streamed, and unspecified means that."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Functions the model may call instead of, or after, speaking (Chat Completions `tools`); empty offers none.
+        The model's calls stream as ToolCallDelta events and the turn ends with FINISH_REASON_TOOL_CALLS.
+        """
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """Whether and which tool the model must call (Chat Completions `tool_choice`); unset leaves it to the
+        upstream (auto when tools are offered). Only valid with tools.
+        """
 
     def __init__(
         self,
@@ -250,21 +297,179 @@ class TurnConfig(_message.Message):
         output_audio_format: Global___AudioFormat | None = ...,
         max_output_tokens: _builtins.int | None = ...,
         temperature: _builtins.float | None = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens", "_temperature", b"_temperature", "max_output_tokens", b"max_output_tokens", "output_audio_format", b"output_audio_format", "temperature", b"temperature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "max_output_tokens", b"max_output_tokens", "output_audio_format", b"output_audio_format", "parallel_tool_calls", b"parallel_tool_calls", "temperature", b"temperature", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens", "_temperature", b"_temperature", "instructions", b"instructions", "max_output_tokens", b"max_output_tokens", "modalities", b"modalities", "model", b"model", "output_audio_format", b"output_audio_format", "temperature", b"temperature", "voice", b"voice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "instructions", b"instructions", "max_output_tokens", b"max_output_tokens", "modalities", b"modalities", "model", b"model", "output_audio_format", b"output_audio_format", "parallel_tool_calls", b"parallel_tool_calls", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "voice", b"voice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_output_tokens: _TypeAlias = _typing.Literal["max_output_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_output_tokens: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_output_tokens) -> _WhichOneofReturnType__max_output_tokens | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
 
 Global___TurnConfig: _TypeAlias = TurnConfig  # noqa: Y015
+
+@_typing.final
+class Tool(_message.Message):
+    """Tool is one tool offered to the model. Only function tools exist today."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def function(self) -> Global___FunctionTool:
+        """A function the client runs when the model calls it."""
+
+    def __init__(
+        self,
+        *,
+        function: Global___FunctionTool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "tool", b"tool"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "tool", b"tool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_tool: _TypeAlias = _typing.Literal["function"]  # noqa: Y015
+    _WhichOneofArgType_tool: _TypeAlias = _typing.Literal["tool", b"tool"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_tool) -> _WhichOneofReturnType_tool | None: ...
+
+Global___Tool: _TypeAlias = Tool  # noqa: Y015
+
+@_typing.final
+class FunctionTool(_message.Message):
+    """FunctionTool describes a function the model may call (Chat Completions `tools[].function`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The function's name: 1 to 64 of a-z, A-Z, 0-9, underscore and dash; unique among the turn's tools."""
+    description: _builtins.str
+    """What the function does and when to call it, for the model; may be empty."""
+    parameters_json: _builtins.str
+    """The JSON Schema of the arguments as JSON text (an object), forwarded to the upstream as written so
+    that key order, numbers and keywords the gateway does not know reach the model unchanged.
+    Empty means a function without parameters.
+    """
+    strict: _builtins.bool
+    """Whether the upstream must follow the schema exactly (OpenAI's structured outputs); unset omits it."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        parameters_json: _builtins.str = ...,
+        strict: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "strict", b"strict"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "description", b"description", "name", b"name", "parameters_json", b"parameters_json", "strict", b"strict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__strict: _TypeAlias = _typing.Literal["strict"]  # noqa: Y015
+    _WhichOneofArgType__strict: _TypeAlias = _typing.Literal["_strict", b"_strict"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strict) -> _WhichOneofReturnType__strict | None: ...
+
+Global___FunctionTool: _TypeAlias = FunctionTool  # noqa: Y015
+
+@_typing.final
+class ToolChoice(_message.Message):
+    """ToolChoice says whether and which tool the model must call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    FUNCTION_NAME_FIELD_NUMBER: _builtins.int
+    mode: Global___ToolChoiceMode.ValueType
+    """auto, none or required."""
+    function_name: _builtins.str
+    """The model must call this function; it must be one of the turn's tools."""
+    def __init__(
+        self,
+        *,
+        mode: Global___ToolChoiceMode.ValueType = ...,
+        function_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "function_name", b"function_name", "mode", b"mode"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "function_name", b"function_name", "mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_choice: _TypeAlias = _typing.Literal["mode", "function_name"]  # noqa: Y015
+    _WhichOneofArgType_choice: _TypeAlias = _typing.Literal["choice", b"choice"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_choice) -> _WhichOneofReturnType_choice | None: ...
+
+Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """ToolCall is one complete call the model asked for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The upstream's id of the call (call_...); a ToolResult answers it by this id."""
+    name: _builtins.str
+    """The name of the function to call."""
+    arguments: _builtins.str
+    """The arguments as JSON text, exactly as the model wrote them (usually an object; not validated,
+    a model can write invalid JSON).
+    """
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class ToolResult(_message.Message):
+    """ToolResult is what the client's function returned for one call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    tool_call_id: _builtins.str
+    """The ToolCall.id this answers."""
+    content: _builtins.str
+    """The result as the model should read it (often JSON text); may be empty."""
+    def __init__(
+        self,
+        *,
+        tool_call_id: _builtins.str = ...,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolResult: _TypeAlias = ToolResult  # noqa: Y015
 
 @_typing.final
 class AudioInput(_message.Message):
@@ -331,22 +536,28 @@ class AssistantMessage(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     AUDIO_ID_FIELD_NUMBER: _builtins.int
     AUDIO_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """What the answer said (the transcript of a spoken answer); sent instead of the audio once it expired."""
     audio_id: _builtins.str
     """The upstream audio handle (audio_...) of a spoken answer; empty for text answers."""
     audio_expires_at: _builtins.int
     """Unix seconds after which audio_id no longer works; zero when unknown."""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """The tools the answer called, in call order; each needs a later tool_result history item."""
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         audio_id: _builtins.str = ...,
         audio_expires_at: _builtins.int = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_expires_at", b"audio_expires_at", "audio_id", b"audio_id", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_expires_at", b"audio_expires_at", "audio_id", b"audio_id", "text", b"text", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -360,6 +571,7 @@ class HistoryItem(_message.Message):
 
     USER_FIELD_NUMBER: _builtins.int
     ASSISTANT_FIELD_NUMBER: _builtins.int
+    TOOL_RESULT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def user(self) -> Global___UserMessage:
         """The user's message."""
@@ -368,17 +580,22 @@ class HistoryItem(_message.Message):
     def assistant(self) -> Global___AssistantMessage:
         """The assistant's answer."""
 
+    @_builtins.property
+    def tool_result(self) -> Global___ToolResult:
+        """The result of a tool the previous assistant message called (Chat Completions role "tool")."""
+
     def __init__(
         self,
         *,
         user: Global___UserMessage | None = ...,
         assistant: Global___AssistantMessage | None = ...,
+        tool_result: Global___ToolResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assistant", b"assistant", "message", b"message", "user", b"user"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assistant", b"assistant", "message", b"message", "tool_result", b"tool_result", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant", b"assistant", "message", b"message", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant", b"assistant", "message", b"message", "tool_result", b"tool_result", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["user", "assistant"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["user", "assistant", "tool_result"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -403,7 +620,9 @@ class StreamTurnRequest(_message.Message):
 
     @_builtins.property
     def input(self) -> Global___UserMessage:
-        """The new user input; it must hold text, audio, or both."""
+        """The new user input; it must hold text, audio, or both, except when the history ends with the
+        tool results of the last answer's calls: then it may be empty, and the turn continues that answer.
+        """
 
     def __init__(
         self,
@@ -599,6 +818,42 @@ class Usage(_message.Message):
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
 
 @_typing.final
+class ToolCallDelta(_message.Message):
+    """ToolCallDelta is the next piece of a tool call the model is writing. Pieces of several calls may
+    interleave; `index` says which call a piece belongs to.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Which call of this turn, as the upstream numbered it (from 0); TurnCompleted lists calls in this order."""
+    id: _builtins.str
+    """The call's id (call_...); set on the first piece of a call only."""
+    name: _builtins.str
+    """The function's name; set on the first piece of a call only."""
+    arguments: _builtins.str
+    """A piece of the JSON arguments to append (split anywhere, even inside a string); may be empty."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id", b"id", "index", b"index", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallDelta: _TypeAlias = ToolCallDelta  # noqa: Y015
+
+@_typing.final
 class TurnCompleted(_message.Message):
     """TurnCompleted is the last event of every turn."""
 
@@ -611,6 +866,7 @@ class TurnCompleted(_message.Message):
     AUDIO_SAMPLES_FIELD_NUMBER: _builtins.int
     PLAYED_MS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     reason: Global___FinishReason.ValueType
     """Why the turn ended."""
     transcript: _builtins.str
@@ -627,6 +883,12 @@ class TurnCompleted(_message.Message):
     def error(self) -> Global___TurnError:
         """Set when reason is FINISH_REASON_ERROR."""
 
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """The complete tool calls, ordered by index, when reason is FINISH_REASON_TOOL_CALLS (any speech
+        before them is in transcript and audio_id). The client answers each with a ToolResult.
+        """
+
     def __init__(
         self,
         *,
@@ -637,10 +899,11 @@ class TurnCompleted(_message.Message):
         audio_samples: _builtins.int = ...,
         played_ms: _builtins.int = ...,
         error: Global___TurnError | None = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_expires_at", b"audio_expires_at", "audio_id", b"audio_id", "audio_samples", b"audio_samples", "error", b"error", "played_ms", b"played_ms", "reason", b"reason", "transcript", b"transcript"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_expires_at", b"audio_expires_at", "audio_id", b"audio_id", "audio_samples", b"audio_samples", "error", b"error", "played_ms", b"played_ms", "reason", b"reason", "tool_calls", b"tool_calls", "transcript", b"transcript"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -659,6 +922,7 @@ class TurnEvent(_message.Message):
     AUDIO_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     COMPLETED_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.str
     """Identifies the turn; the same on all its events."""
     sequence: _builtins.int
@@ -683,6 +947,10 @@ class TurnEvent(_message.Message):
     def completed(self) -> Global___TurnCompleted:
         """The turn ended; always the last event."""
 
+    @_builtins.property
+    def tool_call(self) -> Global___ToolCallDelta:
+        """A piece of a tool call."""
+
     def __init__(
         self,
         *,
@@ -693,12 +961,13 @@ class TurnEvent(_message.Message):
         audio: Global___AudioDelta | None = ...,
         usage: Global___Usage | None = ...,
         completed: Global___TurnCompleted | None = ...,
+        tool_call: Global___ToolCallDelta | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "completed", b"completed", "event", b"event", "started", b"started", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "completed", b"completed", "event", b"event", "started", b"started", "text", b"text", "tool_call", b"tool_call", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "completed", b"completed", "event", b"event", "sequence", b"sequence", "started", b"started", "text", b"text", "turn_id", b"turn_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "completed", b"completed", "event", b"event", "sequence", b"sequence", "started", b"started", "text", b"text", "tool_call", b"tool_call", "turn_id", b"turn_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "text", "audio", "usage", "completed"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "text", "audio", "usage", "completed", "tool_call"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -857,6 +1126,7 @@ class ConverseRequest(_message.Message):
     COMMIT_FIELD_NUMBER: _builtins.int
     INTERRUPT_FIELD_NUMBER: _builtins.int
     CLEAR_AUDIO_FIELD_NUMBER: _builtins.int
+    TOOL_RESULT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def config(self) -> Global___ConverseConfig:
         """First message, and only the first."""
@@ -881,6 +1151,12 @@ class ConverseRequest(_message.Message):
     def clear_audio(self) -> Global___ClearAudio:
         """Drop the recorded speech."""
 
+    @_builtins.property
+    def tool_result(self) -> Global___ToolResult:
+        """The result of one tool call of the last answer. Once every call has its result, the service
+        continues the answer by itself (a new turn); an interrupt or a new input before then cancels it.
+        """
+
     def __init__(
         self,
         *,
@@ -890,12 +1166,13 @@ class ConverseRequest(_message.Message):
         commit: Global___Commit | None = ...,
         interrupt: Global___Interrupt | None = ...,
         clear_audio: Global___ClearAudio | None = ...,
+        tool_result: Global___ToolResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "clear_audio", b"clear_audio", "commit", b"commit", "config", b"config", "interrupt", b"interrupt", "request", b"request", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "clear_audio", b"clear_audio", "commit", b"commit", "config", b"config", "interrupt", b"interrupt", "request", b"request", "text", b"text", "tool_result", b"tool_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "clear_audio", b"clear_audio", "commit", b"commit", "config", b"config", "interrupt", b"interrupt", "request", b"request", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "clear_audio", b"clear_audio", "commit", b"commit", "config", b"config", "interrupt", b"interrupt", "request", b"request", "text", b"text", "tool_result", b"tool_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["config", "text", "audio", "commit", "interrupt", "clear_audio"]  # noqa: Y015
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["config", "text", "audio", "commit", "interrupt", "clear_audio", "tool_result"]  # noqa: Y015
     _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
 
