@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint proto bench clean
+.PHONY: run test lint proto bench vad-eval clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: $(VENV)/.installed-dev $(CHROMIUM) lint
 # Load over every transport against a paced simulator; method and reading: benchmarks/README.md.
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks
+
+# Server VAD detectors against a generated evaluation set; the table goes to benchmarks/results/vad.md.
+vad-eval: $(VENV)/.installed-dev
+	$(BIN)/python -m benchmarks.vad
 
 proto: $(VENV)/.installed-dev
 	$(BIN)/python proto/generate.py gen

@@ -1,0 +1,1 @@
+"""Voice activity detection on streamed user audio: where speech starts and stops (server VAD)."""
