@@ -36,6 +36,7 @@ from audiochat.v1 import audiochat_pb2 as pb
 from service import metrics
 from service.audio import wrap_pcm16_as_wav
 from service.offline import wire
+from service.usage import to_upstream as usage_to_upstream
 
 # finish_reason values OpenAI uses; an interrupted answer (the client went away) never reaches a client here.
 _FINISH_REASONS = {
@@ -89,16 +90,9 @@ async def chat_completions(request: Request) -> Response:
         return await _whole(call, parsed, ident)
 
 
-def _usage(usage: pb.Usage | None) -> wire.Json:
-    if usage is None:
-        return wire.usage_dict(0, 0, 0, 0)
-    return wire.usage_dict(
-        usage.input_text_tokens,
-        usage.input_audio_tokens,
-        usage.output_text_tokens,
-        usage.output_audio_tokens,
-        usage.input_cached_tokens,
-    )
+def _usage(usage: pb.Usage | None) -> wire.Json | None:
+    """The upstream's usage as it sent it; null when it sent none (never invented zeros)."""
+    return None if usage is None else usage_to_upstream(usage)
 
 
 def _audio_chunk_parts(ident: wire.StreamIdentity) -> tuple[bytes, bytes]:
@@ -162,7 +156,7 @@ def _ending(
         )
     chunks.append(wire.finish_chunk(ident, _FINISH_REASONS.get(reason_name(done.reason), "stop")))
     if include_usage and usage is not None:
-        chunks.append(wire.usage_chunk(ident, _usage(usage)))
+        chunks.append(wire.usage_chunk(ident, usage_to_upstream(usage)))
     return chunks
 
 

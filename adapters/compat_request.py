@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from adapters.status import EdgeError
 from audiochat.v1 import audiochat_pb2 as pb
+from service.pass_through import Refused, check_json, check_params
 
 # Without streaming the gateway encodes the answer itself, from the pcm16 stream.
 ENCODED_FORMATS = ("wav", "pcm16")
 _INPUT_FORMATS = {"wav": pb.AUDIO_ENCODING_WAV, "mp3": pb.AUDIO_ENCODING_MP3}
+# Parts of the body this route turns into typed fields; every other parameter goes to the upstream as written.
+_BUILT_HERE = frozenset({"model", "messages", "stream", "stream_options", "modalities", "audio"})
+# The gateway writes its own chunks: they never carry the `obfuscation` padding, whatever the client asks.
+_STREAM_OPTIONS = frozenset({"include_usage", "include_obfuscation"})
 
 
 class CompatError(Exception):
@@ -48,32 +54,59 @@ def parse(body: Any) -> CompatRequest:
     if not isinstance(messages, list) or not messages:
         raise CompatError("'messages' must be a non-empty array.", "messages", "invalid_value")
     stream = body.get("stream") is True
-    options = body.get("stream_options") or {}
+    include_usage = _stream_options(body.get("stream_options"), stream)
     wants_audio, voice, audio_format = _output(body, stream)
     config = pb.TurnConfig(
         model=model,
         voice=voice,
         modalities=[pb.MODALITY_TEXT, pb.MODALITY_AUDIO] if wants_audio else [pb.MODALITY_TEXT],
     )
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-            raise CompatError("'max_completion_tokens' must be a positive integer.", "max_completion_tokens")
-        config.max_output_tokens = limit
-    temperature = body.get("temperature")
-    if temperature is not None:
-        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-            raise CompatError("'temperature' must be a number.", "temperature", "invalid_type")
-        config.temperature = float(temperature)
+    config.extra_body = _extra_body(body)
     turn = _messages(messages, config)
     return CompatRequest(
         turn=turn,
         model=model,
         stream=stream,
-        include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        include_usage=include_usage,
         wants_audio=wants_audio,
         audio_format=audio_format,
     )
+
+
+def _extra_body(body: dict[str, Any]) -> str:
+    """Every parameter this route does not build itself, as written, for the upstream; or a 400 naming it."""
+    extra = {name: value for name, value in body.items() if name not in _BUILT_HERE}
+    try:
+        check_params(extra, "")
+        check_json(extra, "")
+    except Refused as exc:
+        raise CompatError(exc.message, exc.param.lstrip("."), "unsupported_parameter") from None
+    return json.dumps(extra, allow_nan=False) if extra else ""
+
+
+def _stream_options(options: Any, stream: bool) -> bool:
+    """Whether the client wants the usage chunk. The gateway owns stream_options upstream (it always asks
+    for usage), so only the options it honours itself are accepted."""
+    if options is None:
+        return False
+    if not stream:
+        raise CompatError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options"
+        )
+    if not isinstance(options, dict):
+        raise CompatError("'stream_options' must be an object.", "stream_options", "invalid_type")
+    for name, value in options.items():
+        if name not in _STREAM_OPTIONS:
+            raise CompatError(
+                f"Unsupported parameter: 'stream_options.{name}' is not supported by this gateway.",
+                f"stream_options.{name}",
+                "unsupported_parameter",
+            )
+        if not isinstance(value, bool):
+            raise CompatError(
+                f"'stream_options.{name}' must be a boolean.", f"stream_options.{name}", "invalid_type"
+            )
+    return options.get("include_usage") is True
 
 
 def _output(body: dict[str, Any], stream: bool) -> tuple[bool, str, str]:

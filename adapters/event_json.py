@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from audiochat.v1 import audiochat_pb2 as pb
+from service.usage import sent as usage_json_of
 
 Json = dict[str, Any]
 
@@ -56,8 +57,7 @@ def text_json(event: pb.TurnEvent) -> Json:
 
 
 def usage_json(event: pb.TurnEvent) -> Json:
-    usage = event.usage
-    return {field.name: getattr(usage, field.name) for field in usage.DESCRIPTOR.fields}
+    return usage_json_of(event.usage)
 
 
 def turn_error_json(error: pb.TurnError) -> Json:

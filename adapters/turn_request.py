@@ -75,7 +75,23 @@ def turn_config(body: dict[str, Any]) -> pb.TurnConfig:
     temperature = _number(body, "temperature")
     if temperature is not None:
         config.temperature = temperature
+    config.extra_body = extra_body(body.get("extra_body"))
     return config
+
+
+def extra_body(value: Any) -> str:
+    """`extra_body`: extra upstream parameters as a JSON object (or its text, from a form field), kept as
+    JSON text for TurnConfig.extra_body; the core decides what passes (service.pass_through)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, dict):
+        raise RequestError("'extra_body' must be a JSON object of upstream parameters")
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise RequestError("'extra_body' must hold finite numbers only") from None
 
 
 def sniff_encoding(data: bytes, filename: str = "", content_type: str = "") -> pb.AudioEncoding.ValueType:

@@ -34,9 +34,14 @@ class AudioChatError(Exception):
 
 
 class InvalidInput(AudioChatError):
-    """Malformed input, an unknown format, or input over a size limit."""
+    """Malformed input, an unknown format, or input over a size limit; `field` names it when known
+    (as a path into the request, for example `config.extra_body.n`)."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class WrongState(AudioChatError):

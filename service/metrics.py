@@ -25,6 +25,7 @@ from prometheus_client import (
 )
 
 from audiochat.v1 import audiochat_pb2 as pb
+from service.usage import sent as usage_sent
 
 LATENCY_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40,
@@ -81,7 +82,7 @@ _AUDIO_OUT = AUDIO_SECONDS.labels("out")
 _TOKENS = {
     (direction, modality): TOKENS.labels(direction, modality)
     for direction in ("input", "output")
-    for modality in ("text", "audio")
+    for modality in ("text", "audio", "other")
 }
 
 
@@ -123,11 +124,19 @@ def for_transport(transport: str) -> TransportMetrics:
 
 
 def record_usage(usage: pb.Usage) -> None:
-    """Count the tokens of one turn."""
-    _TOKENS["input", "text"].inc(usage.input_text_tokens)
-    _TOKENS["input", "audio"].inc(usage.input_audio_tokens)
-    _TOKENS["output", "text"].inc(usage.output_text_tokens)
-    _TOKENS["output", "audio"].inc(usage.output_audio_tokens)
+    """Count the tokens of one turn as the upstream reported them. Tokens of a direction's total that the
+    upstream did not split into text and audio count as modality "other": counted, not guessed."""
+    counts = usage_sent(usage)
+    for direction in ("input", "output"):
+        split = 0
+        for modality in ("text", "audio"):
+            count = counts.get(f"{direction}_{modality}_tokens")
+            if count is not None:
+                _TOKENS[direction, modality].inc(count)
+                split += count
+        total = counts.get(f"{direction}_tokens", 0)
+        if total > split:
+            _TOKENS[direction, "other"].inc(total - split)
 
 
 def record_audio(seconds_in: float, seconds_out: float) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from audiochat.v1 import audiochat_pb2 as pb
+from service import usage as service_usage
 from service.errors import turn_error_from_stream_frame
 
 log = logging.getLogger(__name__)
@@ -186,15 +187,5 @@ class Normalizer:
 
 
 def usage_from_upstream(usage: Mapping[str, Any]) -> pb.Usage:
-    """Map the upstream usage object to Usage; absent details count as zero."""
-    prompt = usage.get("prompt_tokens_details") or {}
-    completion = usage.get("completion_tokens_details") or {}
-    return pb.Usage(
-        input_tokens=usage.get("prompt_tokens") or 0,
-        input_text_tokens=prompt.get("text_tokens") or 0,
-        input_audio_tokens=prompt.get("audio_tokens") or 0,
-        input_cached_tokens=prompt.get("cached_tokens") or 0,
-        output_tokens=usage.get("completion_tokens") or 0,
-        output_text_tokens=completion.get("text_tokens") or 0,
-        output_audio_tokens=completion.get("audio_tokens") or 0,
-    )
+    """Map the upstream usage object to Usage; counts it did not send stay unset."""
+    return service_usage.from_upstream(usage)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from audiochat.v1 import audiochat_pb2 as pb
 from service.audio import AudioFormatError, mp3_duration_seconds, parse_wav, wrap_pcm16_as_wav
 from service.errors import InvalidInput
+from service.pass_through import check_params, parse_extra_body
 
 STREAMED_SAMPLE_RATE_HZ = 24_000
 MIN_PCM_SAMPLE_RATE_HZ = 8_000
@@ -52,6 +55,8 @@ class TurnSettings:
     instructions: str
     max_output_tokens: int | None
     temperature: float | None
+    # Extra upstream parameters, forwarded as written (checked by service.pass_through).
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def speaks(self) -> bool:
@@ -101,15 +106,18 @@ def resolve_settings(config: pb.TurnConfig, defaults: Defaults) -> TurnSettings:
         raise InvalidInput("streamed answers are pcm16 only: leave output_audio_format unset or pcm16")
     if output.sample_rate_hz not in (0, STREAMED_SAMPLE_RATE_HZ) or output.channels not in (0, 1):
         raise InvalidInput("streamed answers are mono pcm16 at 24000 Hz")
-    temperature = config.temperature if config.HasField("temperature") else None
+    temperature = shortest_float32(config.temperature) if config.HasField("temperature") else None
     if temperature is not None and not (0.0 <= temperature <= 2.0 and math.isfinite(temperature)):
-        raise InvalidInput("temperature must be between 0 and 2")
+        raise InvalidInput("temperature must be between 0 and 2", "config.temperature")
     if config.tools or config.HasField("tool_choice") or config.HasField("parallel_tool_calls"):
         # The contract has landed before the relay: refuse rather than answer as if tools were offered.
         raise InvalidInput("tools are not supported by this server yet")
     max_tokens = config.max_output_tokens if config.HasField("max_output_tokens") else None
     if max_tokens == 0:
-        raise InvalidInput("max_output_tokens must be positive when set")
+        raise InvalidInput("max_output_tokens must be positive when set", "config.max_output_tokens")
+    extra_body = parse_extra_body(config.extra_body) if config.extra_body else {}
+    typed = {name for name in ("temperature", "max_output_tokens") if config.HasField(name)}
+    check_params(extra_body, "config.extra_body", typed)
     return TurnSettings(
         model=config.model or defaults.model,
         modalities=("text", "audio") if speaks else ("text",),
@@ -117,7 +125,21 @@ def resolve_settings(config: pb.TurnConfig, defaults: Defaults) -> TurnSettings:
         instructions=config.instructions,
         max_output_tokens=max_tokens,
         temperature=temperature,
+        extra_body=extra_body,
     )
+
+
+def shortest_float32(value: float) -> float:
+    """The shortest decimal that reads back as the same float32: what the client wrote (0.7), not the
+    float32's exact binary value widened to a double (0.699999988079071)."""
+    if not math.isfinite(value):
+        return value
+    packed = struct.pack("<f", value)
+    for digits in range(1, 10):
+        candidate = float(f"{value:.{digits}g}")
+        if struct.pack("<f", candidate) == packed:
+            return candidate
+    return value
 
 
 def prepare_audio(audio: pb.AudioInput, limits: Limits) -> PreparedAudio:

@@ -44,6 +44,9 @@ def build_params(
         params["max_completion_tokens"] = settings.max_output_tokens
     if settings.temperature is not None:
         params["temperature"] = settings.temperature
+    if settings.extra_body:
+        # The SDK merges extra_body into the JSON body untouched: values go out as the client wrote them.
+        params["extra_body"] = dict(settings.extra_body)
     return params
 
 

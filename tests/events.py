@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from audiochat.v1 import audiochat_pb2 as pb
+from service.usage import to_upstream as usage_to_upstream
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
 
@@ -68,11 +69,7 @@ class Collected:
             assert self.usage is None
         else:
             assert self.usage is not None
-            assert self.usage.input_tokens == want["usage"]["prompt_tokens"]
-            assert self.usage.output_tokens == want["usage"]["completion_tokens"]
-            details = want["usage"]["completion_tokens_details"]
-            assert self.usage.output_audio_tokens == details["audio_tokens"]
-            assert self.usage.output_text_tokens == details["text_tokens"]
+            assert usage_to_upstream(self.usage) == want["usage"], "usage exactly as the upstream sent it"
         if want["error"] is None:
             assert not done.HasField("error")
         else:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from audiochat.v1 import audiochat_pb2 as pb
 from service.normalizer import Normalizer, Outcome
 from service.sse_decoder import DONE, SSEDecoder
+from service.usage import to_upstream as usage_to_upstream
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
 CAPTURES = sorted(p.name.removesuffix(".sse") for p in FIXTURES.glob("*.sse"))
@@ -53,30 +54,6 @@ def text_of(events: list[pb.TurnEvent]) -> str:
     return "".join(e.text.text for e in events if e.HasField("text"))
 
 
-def usage_as_upstream(usage: pb.Usage) -> dict[str, int]:
-    return {
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "prompt_text": usage.input_text_tokens,
-        "prompt_audio": usage.input_audio_tokens,
-        "prompt_cached": usage.input_cached_tokens,
-        "completion_text": usage.output_text_tokens,
-        "completion_audio": usage.output_audio_tokens,
-    }
-
-
-def expected_usage(raw: dict[str, Any]) -> dict[str, int]:
-    return {
-        "prompt_tokens": raw["prompt_tokens"],
-        "completion_tokens": raw["completion_tokens"],
-        "prompt_text": raw["prompt_tokens_details"]["text_tokens"],
-        "prompt_audio": raw["prompt_tokens_details"]["audio_tokens"],
-        "prompt_cached": raw["prompt_tokens_details"]["cached_tokens"],
-        "completion_text": raw["completion_tokens_details"]["text_tokens"],
-        "completion_audio": raw["completion_tokens_details"]["audio_tokens"],
-    }
-
-
 def check_against_expected(name: str, events: list[pb.TurnEvent], outcome: Outcome) -> None:
     """Assert events and outcome match NAME.expected.json."""
     expected = json.loads((FIXTURES / f"{name}.expected.json").read_text())
@@ -95,7 +72,7 @@ def check_against_expected(name: str, events: list[pb.TurnEvent], outcome: Outco
     if expected["usage"] is None:
         assert usages == []
     else:
-        assert [usage_as_upstream(u) for u in usages] == [expected_usage(expected["usage"])]
+        assert [usage_to_upstream(u) for u in usages] == [expected["usage"]]
     if expected["error"] is None:
         assert outcome.error is None
     else:

@@ -41,6 +41,7 @@ class FixtureUpstream:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.raw_requests: list[bytes] = []  # the same bodies as sent, to check values as written
         self.closed_by_client = 0
         self.client_closed = asyncio.Event()
         self.streams_started = 0
@@ -67,6 +68,7 @@ class FixtureUpstream:
                 break
         request = json.loads(body)
         self.requests.append(request)
+        self.raw_requests.append(body)
         model = f"status/{self.fail_next.pop(0)}" if self.fail_next else str(request.get("model", ""))
         kind, _, rest = model.partition("/")
         if kind == "status":

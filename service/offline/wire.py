@@ -232,7 +232,9 @@ def audio_bytes_in(body: Json) -> int:
     return len(data) // 4 * 3 - data[-2:].count("=")
 
 
-def completion_body(ident: StreamIdentity, message: Json, usage: Json, finish_reason: str = "stop") -> Json:
+def completion_body(
+    ident: StreamIdentity, message: Json, usage: Json | None, finish_reason: str = "stop"
+) -> Json:
     """A whole non-streaming `chat.completion`."""
     return {
         "id": ident.id,

@@ -253,6 +253,7 @@ class TurnConfig(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    EXTRA_BODY_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Upstream model name, passed through unvalidated (for example "gpt-4o-audio-preview")."""
     voice: _builtins.str
@@ -262,10 +263,22 @@ class TurnConfig(_message.Message):
     max_output_tokens: _builtins.int
     """Upper bound on the answer's tokens (text and audio together)."""
     temperature: _builtins.float
-    """Sampling temperature."""
+    """Sampling temperature, 0 to 2. A float32 here: the upstream gets the shortest decimal that reads back
+    as the same float32 (0.7, not 0.699999988079071). For a value exactly as written, use extra_body.
+    """
     parallel_tool_calls: _builtins.bool
     """Whether the model may ask for several calls in one turn (Chat Completions `parallel_tool_calls`);
     unset leaves the upstream's default (true). Only valid with tools.
+    """
+    extra_body: _builtins.str
+    """Extra upstream request parameters as the text of one JSON object, merged into the Chat Completions
+    request as written (for example `{"seed": 7, "metadata": {"app": "x"}}`); parameters the
+    gateway does not know are forwarded too, for OpenAI-compatible upstreams' own extensions. At most
+    64 KiB. Refused with INVALID_ARGUMENT naming the parameter (BadRequest field `config.extra_body.NAME`):
+    what the gateway owns (model, messages, stream, stream_options, modalities, audio, tools, tool_choice,
+    parallel_tool_calls), what it cannot relay (n other than 1, logprobs, top_logprobs, functions,
+    function_call, web_search_options), and a parameter also set by a typed field here (temperature,
+    max_completion_tokens / max_tokens). README "What passes through" has the table and the reasons.
     """
     @_builtins.property
     def modalities(self) -> _containers.RepeatedScalarFieldContainer[Global___Modality.ValueType]:
@@ -300,10 +313,11 @@ class TurnConfig(_message.Message):
         tools: _abc.Iterable[Global___Tool] | None = ...,
         tool_choice: Global___ToolChoice | None = ...,
         parallel_tool_calls: _builtins.bool | None = ...,
+        extra_body: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "max_output_tokens", b"max_output_tokens", "output_audio_format", b"output_audio_format", "parallel_tool_calls", b"parallel_tool_calls", "temperature", b"temperature", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "instructions", b"instructions", "max_output_tokens", b"max_output_tokens", "modalities", b"modalities", "model", b"model", "output_audio_format", b"output_audio_format", "parallel_tool_calls", b"parallel_tool_calls", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "voice", b"voice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "extra_body", b"extra_body", "instructions", b"instructions", "max_output_tokens", b"max_output_tokens", "modalities", b"modalities", "model", b"model", "output_audio_format", b"output_audio_format", "parallel_tool_calls", b"parallel_tool_calls", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "voice", b"voice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_output_tokens: _TypeAlias = _typing.Literal["max_output_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_output_tokens: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens"]  # noqa: Y015
@@ -773,7 +787,9 @@ Global___AudioDelta: _TypeAlias = AudioDelta  # noqa: Y015
 
 @_typing.final
 class Usage(_message.Message):
-    """Usage is what the turn cost, as the upstream reported it."""
+    """Usage is what the turn cost, exactly as the upstream reported it: a count the upstream did not send is
+    unset (not zero), and totals are the upstream's own (not sums of the details).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -784,36 +800,103 @@ class Usage(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     OUTPUT_TEXT_TOKENS_FIELD_NUMBER: _builtins.int
     OUTPUT_AUDIO_TOKENS_FIELD_NUMBER: _builtins.int
+    TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    INPUT_IMAGE_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_ACCEPTED_PREDICTION_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_REJECTED_PREDICTION_TOKENS_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
-    """Tokens of the request (prompt), all modalities."""
+    """Tokens of the request (prompt), all modalities: `prompt_tokens`."""
     input_text_tokens: _builtins.int
-    """Text tokens of the request."""
+    """Text tokens of the request: `prompt_tokens_details.text_tokens`."""
     input_audio_tokens: _builtins.int
-    """Audio tokens of the request."""
+    """Audio tokens of the request: `prompt_tokens_details.audio_tokens`."""
     input_cached_tokens: _builtins.int
-    """Request tokens served from the upstream's cache."""
+    """Request tokens served from the upstream's cache: `prompt_tokens_details.cached_tokens`."""
     output_tokens: _builtins.int
-    """Tokens of the answer, all modalities."""
+    """Tokens of the answer, all modalities: `completion_tokens`."""
     output_text_tokens: _builtins.int
-    """Text tokens of the answer (the transcript counts here)."""
+    """Text tokens of the answer (the transcript counts here): `completion_tokens_details.text_tokens`."""
     output_audio_tokens: _builtins.int
-    """Audio tokens of the answer."""
+    """Audio tokens of the answer: `completion_tokens_details.audio_tokens`."""
+    total_tokens: _builtins.int
+    """Tokens of request and answer: `total_tokens`."""
+    input_image_tokens: _builtins.int
+    """Image tokens of the request: `prompt_tokens_details.image_tokens`."""
+    output_reasoning_tokens: _builtins.int
+    """Reasoning tokens of the answer: `completion_tokens_details.reasoning_tokens`."""
+    output_accepted_prediction_tokens: _builtins.int
+    """Predicted-output tokens that appeared in the answer: `completion_tokens_details.accepted_prediction_tokens`."""
+    output_rejected_prediction_tokens: _builtins.int
+    """Predicted-output tokens that did not: `completion_tokens_details.rejected_prediction_tokens`."""
     def __init__(
         self,
         *,
-        input_tokens: _builtins.int = ...,
-        input_text_tokens: _builtins.int = ...,
-        input_audio_tokens: _builtins.int = ...,
-        input_cached_tokens: _builtins.int = ...,
-        output_tokens: _builtins.int = ...,
-        output_text_tokens: _builtins.int = ...,
-        output_audio_tokens: _builtins.int = ...,
+        input_tokens: _builtins.int | None = ...,
+        input_text_tokens: _builtins.int | None = ...,
+        input_audio_tokens: _builtins.int | None = ...,
+        input_cached_tokens: _builtins.int | None = ...,
+        output_tokens: _builtins.int | None = ...,
+        output_text_tokens: _builtins.int | None = ...,
+        output_audio_tokens: _builtins.int | None = ...,
+        total_tokens: _builtins.int | None = ...,
+        input_image_tokens: _builtins.int | None = ...,
+        output_reasoning_tokens: _builtins.int | None = ...,
+        output_accepted_prediction_tokens: _builtins.int | None = ...,
+        output_rejected_prediction_tokens: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_input_audio_tokens", b"_input_audio_tokens", "_input_cached_tokens", b"_input_cached_tokens", "_input_image_tokens", b"_input_image_tokens", "_input_text_tokens", b"_input_text_tokens", "_input_tokens", b"_input_tokens", "_output_accepted_prediction_tokens", b"_output_accepted_prediction_tokens", "_output_audio_tokens", b"_output_audio_tokens", "_output_reasoning_tokens", b"_output_reasoning_tokens", "_output_rejected_prediction_tokens", b"_output_rejected_prediction_tokens", "_output_text_tokens", b"_output_text_tokens", "_output_tokens", b"_output_tokens", "_total_tokens", b"_total_tokens", "input_audio_tokens", b"input_audio_tokens", "input_cached_tokens", b"input_cached_tokens", "input_image_tokens", b"input_image_tokens", "input_text_tokens", b"input_text_tokens", "input_tokens", b"input_tokens", "output_accepted_prediction_tokens", b"output_accepted_prediction_tokens", "output_audio_tokens", b"output_audio_tokens", "output_reasoning_tokens", b"output_reasoning_tokens", "output_rejected_prediction_tokens", b"output_rejected_prediction_tokens", "output_text_tokens", b"output_text_tokens", "output_tokens", b"output_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_audio_tokens", b"input_audio_tokens", "input_cached_tokens", b"input_cached_tokens", "input_text_tokens", b"input_text_tokens", "input_tokens", b"input_tokens", "output_audio_tokens", b"output_audio_tokens", "output_text_tokens", b"output_text_tokens", "output_tokens", b"output_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_input_audio_tokens", b"_input_audio_tokens", "_input_cached_tokens", b"_input_cached_tokens", "_input_image_tokens", b"_input_image_tokens", "_input_text_tokens", b"_input_text_tokens", "_input_tokens", b"_input_tokens", "_output_accepted_prediction_tokens", b"_output_accepted_prediction_tokens", "_output_audio_tokens", b"_output_audio_tokens", "_output_reasoning_tokens", b"_output_reasoning_tokens", "_output_rejected_prediction_tokens", b"_output_rejected_prediction_tokens", "_output_text_tokens", b"_output_text_tokens", "_output_tokens", b"_output_tokens", "_total_tokens", b"_total_tokens", "input_audio_tokens", b"input_audio_tokens", "input_cached_tokens", b"input_cached_tokens", "input_image_tokens", b"input_image_tokens", "input_text_tokens", b"input_text_tokens", "input_tokens", b"input_tokens", "output_accepted_prediction_tokens", b"output_accepted_prediction_tokens", "output_audio_tokens", b"output_audio_tokens", "output_reasoning_tokens", b"output_reasoning_tokens", "output_rejected_prediction_tokens", b"output_rejected_prediction_tokens", "output_text_tokens", b"output_text_tokens", "output_tokens", b"output_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__input_audio_tokens: _TypeAlias = _typing.Literal["input_audio_tokens"]  # noqa: Y015
+    _WhichOneofArgType__input_audio_tokens: _TypeAlias = _typing.Literal["_input_audio_tokens", b"_input_audio_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__input_cached_tokens: _TypeAlias = _typing.Literal["input_cached_tokens"]  # noqa: Y015
+    _WhichOneofArgType__input_cached_tokens: _TypeAlias = _typing.Literal["_input_cached_tokens", b"_input_cached_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__input_image_tokens: _TypeAlias = _typing.Literal["input_image_tokens"]  # noqa: Y015
+    _WhichOneofArgType__input_image_tokens: _TypeAlias = _typing.Literal["_input_image_tokens", b"_input_image_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__input_text_tokens: _TypeAlias = _typing.Literal["input_text_tokens"]  # noqa: Y015
+    _WhichOneofArgType__input_text_tokens: _TypeAlias = _typing.Literal["_input_text_tokens", b"_input_text_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__input_tokens: _TypeAlias = _typing.Literal["input_tokens"]  # noqa: Y015
+    _WhichOneofArgType__input_tokens: _TypeAlias = _typing.Literal["_input_tokens", b"_input_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__output_accepted_prediction_tokens: _TypeAlias = _typing.Literal["output_accepted_prediction_tokens"]  # noqa: Y015
+    _WhichOneofArgType__output_accepted_prediction_tokens: _TypeAlias = _typing.Literal["_output_accepted_prediction_tokens", b"_output_accepted_prediction_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__output_audio_tokens: _TypeAlias = _typing.Literal["output_audio_tokens"]  # noqa: Y015
+    _WhichOneofArgType__output_audio_tokens: _TypeAlias = _typing.Literal["_output_audio_tokens", b"_output_audio_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__output_reasoning_tokens: _TypeAlias = _typing.Literal["output_reasoning_tokens"]  # noqa: Y015
+    _WhichOneofArgType__output_reasoning_tokens: _TypeAlias = _typing.Literal["_output_reasoning_tokens", b"_output_reasoning_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__output_rejected_prediction_tokens: _TypeAlias = _typing.Literal["output_rejected_prediction_tokens"]  # noqa: Y015
+    _WhichOneofArgType__output_rejected_prediction_tokens: _TypeAlias = _typing.Literal["_output_rejected_prediction_tokens", b"_output_rejected_prediction_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__output_text_tokens: _TypeAlias = _typing.Literal["output_text_tokens"]  # noqa: Y015
+    _WhichOneofArgType__output_text_tokens: _TypeAlias = _typing.Literal["_output_text_tokens", b"_output_text_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__output_tokens: _TypeAlias = _typing.Literal["output_tokens"]  # noqa: Y015
+    _WhichOneofArgType__output_tokens: _TypeAlias = _typing.Literal["_output_tokens", b"_output_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__total_tokens: _TypeAlias = _typing.Literal["total_tokens"]  # noqa: Y015
+    _WhichOneofArgType__total_tokens: _TypeAlias = _typing.Literal["_total_tokens", b"_total_tokens"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__input_audio_tokens) -> _WhichOneofReturnType__input_audio_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__input_cached_tokens) -> _WhichOneofReturnType__input_cached_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__input_image_tokens) -> _WhichOneofReturnType__input_image_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__input_text_tokens) -> _WhichOneofReturnType__input_text_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__input_tokens) -> _WhichOneofReturnType__input_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output_accepted_prediction_tokens) -> _WhichOneofReturnType__output_accepted_prediction_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output_audio_tokens) -> _WhichOneofReturnType__output_audio_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output_reasoning_tokens) -> _WhichOneofReturnType__output_reasoning_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output_rejected_prediction_tokens) -> _WhichOneofReturnType__output_rejected_prediction_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output_text_tokens) -> _WhichOneofReturnType__output_text_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output_tokens) -> _WhichOneofReturnType__output_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_tokens) -> _WhichOneofReturnType__total_tokens | None: ...
 
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
 

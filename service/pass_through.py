@@ -1,0 +1,124 @@
+"""Extra upstream request parameters (`TurnConfig.extra_body`): forwarded as written, or refused by name.
+
+The rule: every parameter a client sends reaches the model unchanged, or the client gets INVALID_ARGUMENT
+naming it. A parameter is refused when the gateway owns it (it builds that part of the request from typed
+fields, so the client's copy would be overridden without a word), or when forwarding it would be a lie (the
+model would act on it, and the gateway cannot relay what comes back: `n: 2` makes two choices and only one
+is relayed). Unknown parameters pass: OpenAI-compatible upstreams have their own extensions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from service.errors import InvalidInput
+
+MAX_EXTRA_BODY_BYTES = 64 * 1024
+# Deeper JSON than this is not a request parameter; the limit keeps the parser off Python's recursion limit.
+MAX_JSON_DEPTH = 32
+
+# Built by the gateway from the turn's typed fields (or the OpenAI-compatible body's own typed parts).
+OWNED: dict[str, str] = {
+    "model": "set TurnConfig.model",
+    "messages": "the gateway builds messages from the history and the input",
+    "stream": "the gateway always streams from the upstream",
+    "stream_options": "the gateway sets stream_options (it needs the usage chunk)",
+    "modalities": "set TurnConfig.modalities",
+    "audio": "set TurnConfig.voice and output_audio_format",
+    "tools": "tools are not relayed yet",
+    "tool_choice": "tools are not relayed yet",
+    "parallel_tool_calls": "tools are not relayed yet",
+}
+
+# What the model would act on while the gateway drops what it sends back. `None` values are the
+# harmless default that may pass (n: 1, logprobs: false).
+NOT_RELAYED: dict[str, tuple[str, object]] = {
+    "n": ("only one choice is relayed; send n: 1 or leave it out", 1),
+    "logprobs": ("log probabilities are not relayed", False),
+    "top_logprobs": ("log probabilities are not relayed", None),
+    "functions": ("legacy function calling is not relayed", None),
+    "function_call": ("legacy function calling is not relayed", None),
+    "web_search_options": ("web search annotations are not relayed", None),
+}
+
+# Parameters a typed TurnConfig field also sets: one source per value.
+TYPED: dict[str, str] = {
+    "temperature": "temperature",
+    "max_completion_tokens": "max_output_tokens",
+    "max_tokens": "max_output_tokens",
+}
+
+
+class Refused(InvalidInput):
+    """A parameter the gateway does not forward; `param` names it as the client wrote it."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message, field=param)
+        self.param = param
+
+
+def refusal(name: str, value: object) -> str | None:
+    """Why `name` cannot be forwarded with `value`, or None when it passes."""
+    if name in OWNED:
+        return f"'{name}' is set by the gateway: {OWNED[name]}"
+    if name in NOT_RELAYED:
+        reason, harmless = NOT_RELAYED[name]
+        if harmless is None or value != harmless or type(value) is not type(harmless):
+            return f"'{name}' is not supported by this gateway: {reason}"
+    return None
+
+
+def parse_extra_body(text: str, prefix: str = "config.extra_body") -> dict[str, Any]:
+    """The parameters of an `extra_body` JSON object text; Refused (naming `prefix`) if it is not one."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_EXTRA_BODY_BYTES:
+        raise Refused(f"extra_body is over the limit of {MAX_EXTRA_BODY_BYTES} bytes", prefix)
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise Refused(f"extra_body must be the text of a JSON object: {exc}", prefix) from None
+    if not isinstance(value, dict):
+        raise Refused("extra_body must be the text of a JSON object", prefix)
+    check_json(value, prefix)
+    return value
+
+
+def check_params(params: Mapping[str, Any], prefix: str, typed: Collection[str] = ()) -> None:
+    """Refuse the first parameter that cannot be forwarded; `typed` names TurnConfig fields already set."""
+    for name, value in params.items():
+        param = f"{prefix}.{name}" if prefix else name
+        reason = refusal(name, value)
+        if reason is None and name in TYPED and TYPED[name] in typed:
+            reason = f"'{name}' is also set by TurnConfig.{TYPED[name]}: set it in one place"
+        if reason is not None:
+            raise Refused(reason, param)
+
+
+def check_json(value: Any, param: str, depth: int = 0) -> None:
+    """Refuse what JSON cannot carry to the upstream: too deep, non-finite numbers, lone surrogates."""
+    if depth > MAX_JSON_DEPTH:
+        raise Refused(f"'{param}' is nested deeper than {MAX_JSON_DEPTH} levels", param)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Refused(f"'{param}' must be a finite number", param)
+    if isinstance(value, str):
+        _check_text(value, param)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, param)
+            check_json(item, f"{param}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_json(item, f"{param}[{index}]", depth + 1)
+
+
+def _check_text(text: str, param: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Refused(f"'{param}' holds a lone surrogate, which is not valid Unicode", param) from None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
