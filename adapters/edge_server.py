@@ -12,6 +12,7 @@ from adapters.app import create_app
 from adapters.auth import ApiKeys, Origins
 from adapters.context import EdgeContext
 from adapters.resume import ResumeStore
+from service import keepalive
 from service.embedded_http import EmbeddedHTTPServer
 from service.settings import Settings
 
@@ -23,8 +24,7 @@ def channel_options(settings: Settings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        *keepalive.channel_options(settings),
     ]
 
 

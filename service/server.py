@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 
 from audiochat.v1 import audiochat_pb2 as pb
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
+from service import keepalive
 from service.servicer import AudioChatServicer
 from service.settings import Settings
 from service.upstream import Upstream
@@ -27,11 +28,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         # Pings keep idle conversations alive through NATs and load balancers and find dead peers.
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.max_ping_strikes", 2),
+        *keepalive.server_options(settings),
         ("grpc.so_reuseport", 0),
     ]
     if settings.max_connection_age_seconds > 0:

@@ -27,6 +27,12 @@ class Settings:
     max_streams: int = 1000
     max_message_bytes: int = 16 * 1024 * 1024
     max_connection_age_seconds: float = 0.0
+    # gRPC keepalive, one policy for both ends: the edge's channel (and the core) ping every
+    # `keepalive_seconds` and give up on a peer silent for `keepalive_timeout_seconds` more; the core
+    # accepts pings as often as every `keepalive_min_ping_seconds`, which must not exceed the former.
+    keepalive_seconds: float = 30.0
+    keepalive_timeout_seconds: float = 10.0
+    keepalive_min_ping_seconds: float = 10.0
     upstream_timeout_seconds: float = 60.0
     upstream_max_retries: int = 2
     max_turn_audio_bytes: int = 20 * 1024 * 1024
@@ -78,6 +84,13 @@ class Settings:
                 raise ValueError(f"{name} must be a port number, not {port}")
         if self.max_streams < 1 or self.max_message_bytes < 1024:
             raise ValueError("max_streams must be positive and max_message_bytes at least 1024")
+        if not 0 < self.keepalive_min_ping_seconds <= self.keepalive_seconds:
+            raise ValueError(
+                "AUDIOCHAT_KEEPALIVE_MIN_PING_SECONDS must be positive and at most"
+                " AUDIOCHAT_KEEPALIVE_SECONDS (else the core refuses the edge's own pings: 'too many pings')"
+            )
+        if self.keepalive_timeout_seconds <= 0:
+            raise ValueError("AUDIOCHAT_KEEPALIVE_TIMEOUT_SECONDS must be positive")
         if self.role not in ("all", "core", "edge"):
             raise ValueError(f"AUDIOCHAT_ROLE must be all, core or edge, not {self.role!r}")
         if self.role == "edge" and not self.core_target:

@@ -4,6 +4,7 @@ The request's `model` picks the behaviour, so a test reads as what it asks for:
 - `fixture/NAME`: the capture tests/fixtures/upstream/NAME.sse, byte for byte, in uneven network writes;
 - `slow/NAME`: the same capture, one event every `SLOW_EVENT_SECONDS`, so a test can cancel mid-answer;
 - `fresh/NAME`: the same capture as if recorded now: its `expires_at` is an hour from now;
+- `stall/SECONDS/NAME`: the capture's first event, then silence for SECONDS, then the rest;
 - `status/CODE/ERROR_CODE`: an HTTP error in OpenAI's shape (429 carries `retry-after-ms: 1500`).
 Every request body is recorded, and so is each stream the client closed before the end.
 """
@@ -75,6 +76,9 @@ class FixtureUpstream:
             await self._error(send, rest)
         elif kind in ("fixture", "slow"):
             await self._stream(send, receive, fixture_events(rest), slow=kind == "slow")
+        elif kind == "stall":
+            seconds, _, name = rest.partition("/")
+            await self._stream(send, receive, fixture_events(name), slow=True, stall=float(seconds))
         elif kind == "fresh":
             await self._stream(send, receive, [_refresh(event) for event in fixture_events(rest)], slow=False)
         else:
@@ -86,18 +90,21 @@ class FixtureUpstream:
         error = {"message": f"scripted {status}", "type": "scripted", "param": None, "code": code or None}
         await _respond(send, int(status), {"error": error}, headers)
 
-    async def _stream(self, send: Send, receive: Receive, events: list[bytes], *, slow: bool) -> None:
+    async def _stream(
+        self, send: Send, receive: Receive, events: list[bytes], *, slow: bool, stall: float = 0.0
+    ) -> None:
         self.streams_started += 1
         headers = [(b"content-type", b"text/event-stream"), (b"x-request-id", b"req_fixture")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         disconnected = asyncio.create_task(_wait_disconnect(receive))
         try:
             if slow:
-                for event in events:
+                for index, event in enumerate(events):
                     if disconnected.done():
                         break
                     await send({"type": "http.response.body", "body": event, "more_body": True})
-                    await asyncio.wait([disconnected], timeout=SLOW_EVENT_SECONDS)
+                    pause = stall if index == 0 and stall else SLOW_EVENT_SECONDS
+                    await asyncio.wait([disconnected], timeout=pause)
             else:
                 body = b"".join(events)
                 offset, index = 0, 0
