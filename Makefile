@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint proto bench vad-eval clean
+.PHONY: run test lint proto bench bench-peers profile vad-eval clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,31 @@ $(CHROMIUM):
 test: $(VENV)/.installed-dev $(CHROMIUM) lint
 	$(BIN)/pytest
 
-# Load over every transport against a paced simulator; method and reading: benchmarks/README.md.
+# Load over every transport against a paced simulator, beside a no-logic relay, in one run (about an hour;
+# BENCH_ARGS=--quick for a few minutes). Writes build/bench/ (untracked); method: benchmarks/README.md.
+BENCH_ARGS ?=
 bench: $(VENV)/.installed-dev
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# The same with LiteLLM's proxy (one worker, no database) as a row. LiteLLM is heavy and never part of
+# `make test`: it lives in its own venv.
+PEERS := .venv-peers
+$(PEERS)/.installed:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet --upgrade pip
+	$(PEERS)/bin/pip install --quiet 'litellm[proxy]>=1.60'
+	touch $@
+
+bench-peers: $(VENV)/.installed-dev $(PEERS)/.installed
+	$(BIN)/python -m benchmarks --litellm $(PEERS)/bin/litellm --rows direct,relay,grpc,compat \
+		--capacity litellm,grpc --output build/bench-peers $(BENCH_ARGS)
+
+# A py-spy profile of one row's server under load: build/profile/<row>.txt (collapsed stacks) and the
+# functions with the most samples. TRANSPORT is a row key: grpc, converse, sse, websocket, compat, relay.
+TRANSPORT ?= grpc
+PROFILE_ARGS ?=
+profile: $(VENV)/.installed-dev
+	$(BIN)/python -m benchmarks.profile --row $(TRANSPORT) $(PROFILE_ARGS)
 
 # Server VAD detectors against a generated evaluation set; the table goes to benchmarks/results/vad.md.
 vad-eval: $(VENV)/.installed-dev
@@ -49,4 +71,4 @@ proto: $(VENV)/.installed-dev
 	$(BIN)/python proto/generate.py gen
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache

@@ -1,169 +1,181 @@
-"""`python -m benchmarks` (`make bench`): every transport and the baseline at one concurrency, then a sweep.
+"""`python -m benchmarks` (`make bench`): every row at one size, a stress row, then capacity by search.
 
 1. the simulator starts on the load cores and this process pins itself there too;
 2. idle memory: a fresh gateway, N idle Converse streams, RSS before and after;
-3. each transport, then the baseline, at N streams, each gateway run on a fresh `audiochat serve`;
-4. per transport family, the largest size on a grid whose p99 added latency stays under its target;
-5. `benchmarks/results/latest.json` and `latest.md`.
+3. the table: every row (direct, no-logic relay, each gateway transport, LiteLLM with --litellm) at
+   `--streams` users with think time, then direct, relay and gRPC StreamTurn at `--stress-streams` users
+   with turns back to back; `--repeats` times, interleaved, each run on a fresh server process;
+4. capacity: for each `--capacity` row, bisection on the number of users (`capacity.search`);
+5. `latest.json` and `latest.md` in `--output` (default `build/bench/`, untracked: a committed report is
+   a deliberate copy).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import processes, report
-from benchmarks.clients import GrpcConverse, GrpcStreamTurn, OpenAIDirect
-from benchmarks.edge_clients import EDGE_TRANSPORTS, edge_available
+from benchmarks import capacity, loop, processes, report, rows
 from benchmarks.idle import idle_memory
-from benchmarks.load import RunResult, Transport, run_load
+from benchmarks.load import RunResult, run_load
 from benchmarks.pieces import Pacing
 from benchmarks.simulator import pacing_arguments, pacing_from
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SWEEP_GRID = (10, 25, 50, 100, 150, 200, 300, 400, 600, 800)
-# Per transport family: the p99 added latency (ms) the gateway must stay under.
-TARGETS_MS = {"grpc StreamTurn": 5.0, "sse": 10.0, "websocket": 10.0}
-BASELINE = "baseline"
-
-Factory = Callable[[str, int, processes.Gateway | None], Transport]
-
-
-def _factories() -> dict[str, Factory]:
-    grpc: dict[str, Factory] = {
-        BASELINE: lambda sim_url, n, gw: OpenAIDirect(sim_url),
-        "grpc StreamTurn": lambda sim_url, n, gw: GrpcStreamTurn(f"127.0.0.1:{_grpc(gw)}", n),
-        "grpc Converse": lambda sim_url, n, gw: GrpcConverse(f"127.0.0.1:{_grpc(gw)}", n),
-    }
-    return {**grpc, **EDGE_TRANSPORTS}
-
-
-def _grpc(gateway: processes.Gateway | None) -> int:
-    assert gateway is not None
-    return gateway.grpc_port
+REPO = Path(__file__).resolve().parent.parent
+OUTPUT = REPO / "build" / "bench"
+DEFAULT_ROWS = ("direct", "relay", "grpc", "converse", "sse", "websocket", "compat")
+STRESS_ROWS = ("direct", "relay", "grpc")
+DEFAULT_CAPACITY = ("relay", "grpc", "sse", "websocket", "compat")
+CAPACITY_TARGET_MS = 5.0
 
 
 @dataclass
 class Bench:
-    """One benchmark: its settings, its simulator, and every run so far."""
+    """One benchmark: its settings, its simulator, and the direct runs measured so far."""
 
     pacing: Pacing
-    streams: int
-    window: float
-    ramp: float
-    placement: processes.Placement
-    sim_port: int
+    setup: rows.Setup
     sim_pid: int
-    edge: bool
+    ramp: float
     log: Callable[[str], None]
-    baselines: dict[int, RunResult] = field(default_factory=dict)
+    directs: dict[tuple[int, float, float], RunResult] = field(default_factory=dict)
 
-    @property
-    def sim_url(self) -> str:
-        return f"http://127.0.0.1:{self.sim_port}/v1"
-
-    @contextmanager
-    def gateway(self) -> Iterator[processes.Gateway]:
-        gateway = processes.start_gateway(self.sim_port, self.placement, edge=self.edge)
-        try:
-            yield gateway
-        finally:
-            gateway.child.stop()
-
-    def run(self, name: str, streams: int, window: float | None = None) -> RunResult:
-        """One run on a fresh gateway (none for the baseline)."""
-        window = window or self.window
-        factory = _factories()[name]
+    def run(self, key: str, streams: int, think: float, window: float) -> RunResult:
+        """One run of one row on a fresh server process."""
+        row = rows.ROWS[key]
         started = time.monotonic()
-        with contextlib.ExitStack() as stack:
-            gateway = None if name == BASELINE else stack.enter_context(self.gateway())
+        with rows.serve(row, self.setup) as served:
 
             async def measure() -> RunResult:
                 # gRPC channels belong to the loop they are made in: make the transport inside it.
                 return await run_load(
-                    factory(self.sim_url, streams, gateway),
+                    row.client(served, streams),
                     streams,
                     self.pacing,
                     ramp_seconds=self.ramp,
                     window_seconds=window,
-                    gateway_pid=gateway.pid if gateway else None,
+                    think_seconds=think,
+                    gateway_pid=served.pid,
                     load_pids=(self.sim_pid,),
                 )
 
-            result = asyncio.run(measure())
-        if name == BASELINE:
-            self.baselines[streams] = result
-        summary = report.Row(result, self.baselines.get(streams)).summary()
-        added = summary.get("added_latency_ms", {}).get("p99")
+            result = loop.run(measure())
+        if key == "direct":
+            self.directs[streams, think, window] = result
+        summary = report.Row(result, None).summary()
         self.log(
-            f"{name:>30} x{streams:<4} p50 {summary['latency_ms']['p50'] or 0:7.2f} ms "
+            f"{row.name:>26} x{streams:<4} think {think:g} s: active {result.mean_active_streams:6.1f} "
             f"p99 {summary['latency_ms']['p99'] or 0:8.2f} ms "
-            f"added p99 {added if added is not None else 0:+8.2f} ms "
-            f"cpu {summary.get('gateway_cpu_fraction', 0):4.0%} load {result.load_cpu_fraction or 0:4.0%} "
-            f"errors {summary['errors']} bad {summary['lost_or_reordered_pieces']} "
+            f"cpu {summary.get('gateway_cpu_us_per_event') or 0:6.1f} µs/event "
+            f"core {summary.get('gateway_cpu_fraction', 0):4.0%} "
+            f"client {result.client_cpu_fraction or 0:4.0%} errors {summary['errors']} "
+            f"bad {summary['lost_or_reordered_pieces'] + summary['incomplete_turns']} "
             f"({time.monotonic() - started:.0f} s)"
         )
         return result
 
-    def baseline(self, streams: int, window: float | None = None) -> RunResult:
-        """The baseline at this size, measured once per benchmark."""
-        return self.baselines.get(streams) or self.run(BASELINE, streams, window)
+    def direct(self, streams: int, think: float, window: float) -> RunResult:
+        """The direct run at this size and load model (measured once per benchmark for capacity steps)."""
+        return self.directs.get((streams, think, window)) or self.run("direct", streams, think, window)
+
+    def table(self, keys: list[str], streams: int, think: float, window: float, repeats: int) -> list[Any]:
+        """Every row `repeats` times, interleaved, each gateway run against the direct run of its repeat."""
+        summaries: dict[str, list[dict[str, Any]]] = {key: [] for key in keys}
+        for _ in range(repeats):
+            direct = self.run("direct", streams, think, window)
+            summaries["direct"].append(report.Row(direct, None).summary())
+            for key in keys:
+                if key != "direct":
+                    summaries[key].append(report.Row(self.run(key, streams, think, window), direct).summary())
+        return [report.aggregate(key, rows.ROWS[key].name, summaries[key]) for key in keys]
+
+    def capacity(self, key: str, args: argparse.Namespace) -> capacity.Capacity:
+        """Bisect the number of users `key` holds with the think-time load model."""
+
+        def check(streams: int) -> tuple[capacity.Verdict, str]:
+            base = self.direct(streams, args.think_seconds, args.capacity_window)
+            result = self.run(key, streams, args.think_seconds, args.capacity_window)
+            return verdict(report.Row(result, base).summary())
+
+        return capacity.search(
+            check,
+            start=args.capacity_start,
+            limit=args.capacity_limit,
+            max_steps=args.capacity_steps,
+        )
 
 
-def sweep(
-    bench: Bench, name: str, target_ms: float, window: float, max_steps: int, start: int
-) -> dict[str, Any]:
-    """Walk the grid from `start`: up while under the target, down while over."""
-    tried: list[dict[str, Any]] = []
-    grid = sorted({*SWEEP_GRID, start})
-    index = grid.index(start)
-    direction = 0
-    largest = 0
-    for _ in range(max_steps):
-        streams = grid[index]
-        base = bench.baseline(streams, window)
-        summary = report.Row(bench.run(name, streams, window), base).summary()
-        added = summary["added_latency_ms"]["p99"]
-        ok = report.healthy(summary) and added is not None and added < target_ms
-        tried.append({"streams": streams, "added_p99_ms": added, "healthy": report.healthy(summary)})
-        if ok:
-            largest = max(largest, streams)
-        step = 1 if ok else -1
-        if direction and step != direction:
-            break  # crossed the boundary
-        direction = step
-        index += step
-        if not 0 <= index < len(grid) or (ok and largest == grid[-1]):
-            break
-    tried.sort(key=lambda step: step["streams"])
-    return {"target_ms": target_ms, "largest": largest, "tried": tried}
+def verdict(summary: dict[str, Any]) -> tuple[capacity.Verdict, str]:
+    """Whether a run holds the capacity criteria, and the number that decided it."""
+    core = summary.get("gateway_cpu_fraction") or 0.0
+    active = f"{summary['mean_active_streams']:.0f} active"
+    if not report.healthy(summary):
+        bad = summary["lost_or_reordered_pieces"] + summary["incomplete_turns"]
+        return "fail", f"{summary['errors']} errors, {bad} lost/reordered, {active}"
+    if core >= report.SATURATED:
+        return "fail", f"server core {core:.0%}, {active}"
+    if summary.get("added_refused"):
+        return "unmeasurable", summary["added_refused"]
+    p99 = summary["added_latency_ms"]["p99"]
+    if p99 is None or p99 >= CAPACITY_TARGET_MS:
+        return "fail", f"p99 added {p99:+.1f} ms, core {core:.0%}, {active}"
+    return "pass", f"p99 added {p99:+.1f} ms, core {core:.0%}, {active}"
+
+
+def _keys(text: str, default: tuple[str, ...]) -> list[str]:
+    keys = [key.strip() for key in text.split(",") if key.strip()] if text else list(default)
+    if keys == ["none"]:
+        return []
+    unknown = [key for key in keys if key not in rows.ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; known: {', '.join(rows.ROWS)}")
+    return keys
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; `--quick` shrinks windows, repeats and the search for a smoke check."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="10 s windows, one repeat, 4 capacity steps")
+    parser.add_argument("--streams", type=int, default=50, help="users of the main table")
+    parser.add_argument("--stress-streams", type=int, default=200, help="users of the zero-pause stress rows")
+    parser.add_argument("--think-seconds", type=float, default=3.0, help="mean pause between turns")
+    parser.add_argument("--window", type=float, default=30.0, help="seconds measured per table run")
+    parser.add_argument("--ramp", type=float, default=3.0, help="seconds over which users start")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per table row (interleaved)")
+    parser.add_argument("--rows", default="", help=f"table rows (default {','.join(DEFAULT_ROWS)})")
+    parser.add_argument("--capacity", default="", help=f"rows to search ({','.join(DEFAULT_CAPACITY)}; none)")
+    parser.add_argument("--capacity-window", type=float, default=60.0, help="seconds per search step")
+    parser.add_argument("--capacity-start", type=int, default=100)
+    parser.add_argument("--capacity-limit", type=int, default=1600)
+    parser.add_argument("--capacity-steps", type=int, default=6)
+    parser.add_argument("--idle-streams", type=int, default=300)
+    parser.add_argument("--litellm", type=Path, help="LiteLLM's CLI: adds its row (make bench-peers)")
+    parser.add_argument("--output", type=Path, default=OUTPUT, help="directory for latest.json/.md")
+    pacing_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.window, args.repeats, args.capacity_window, args.capacity_steps = 10.0, 1, 10.0, 4
+    args.row_keys = _keys(args.rows, DEFAULT_ROWS)
+    if args.litellm and "litellm" not in args.row_keys:
+        args.row_keys.append("litellm")
+    if "direct" not in args.row_keys:
+        args.row_keys.insert(0, "direct")
+    args.capacity_keys = _keys(args.capacity, DEFAULT_CAPACITY)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the report."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--streams", type=int, default=300, help="concurrent streams of the main table")
-    parser.add_argument("--window", type=float, default=8.0, help="seconds measured per run")
-    parser.add_argument("--ramp", type=float, default=2.0, help="seconds over which users start")
-    parser.add_argument("--sweep-window", type=float, default=5.0, help="seconds measured per sweep step")
-    parser.add_argument("--sweep-steps", type=int, default=4, help="at most this many sizes per family")
-    parser.add_argument("--sweep-from", type=int, default=50, help="the sweep's first size")
-    parser.add_argument("--no-sweep", action="store_true", help="only the main table")
-    parser.add_argument("--transports", default="", help="comma-separated subset (default: all available)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="directory for latest.json/.md")
-    pacing_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse(argv)
     pacing = pacing_from(args)
     placement = processes.plan_placement()
     processes.pin_self(placement)
@@ -172,50 +184,28 @@ def main(argv: list[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
 
     notes: list[str] = []
-    edge, why_not = edge_available()
-    if not edge:
-        notes.append(f"SSE, WebSocket and OpenAI-compatible transports skipped: {why_not}")
-        log(f"note: {notes[-1]}")
-    names = [name for name in _factories() if name != BASELINE and (edge or name.startswith("grpc"))]
-    if args.transports:
-        wanted = [name.strip() for name in args.transports.split(",")]
-        names = [name for name in names if name in wanted]
+    if not placement.pinned:
+        notes.append("not pinned: the server shares its core with the load side, so CPU shares mix")
     log(f"{placement.describe()}; {pacing_text(pacing)}")
     simulator, sim_port = processes.start_simulator(pacing, placement)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     begin = time.monotonic()
+    setup = rows.Setup(sim_port, placement, edge=True, litellm=args.litellm)
     try:
-        bench = Bench(
-            pacing,
-            args.streams,
-            args.window,
-            args.ramp,
-            placement,
-            sim_port,
-            simulator.process.pid,
-            edge,
-            log,
-        )
-        with bench.gateway() as gateway:
-            idle = asyncio.run(idle_memory(gateway, args.streams))
+        bench = Bench(pacing, setup, simulator.process.pid, args.ramp, log)
+        gateway_row = rows.ROWS["grpc"]
+        with rows.serve(gateway_row, setup) as served:
+            idle = loop.run(idle_memory(served.grpc_target, served.pid, args.idle_streams))
         log(f"idle memory: {idle['kib_per_stream']:.1f} KiB per open Converse stream")
-        base = bench.baseline(args.streams)
-        runs = [report.Row(base, None).summary()]
-        for name in names:
-            runs.append(report.Row(bench.run(name, args.streams), base).summary())
-        sweeps: dict[str, Any] = {}
-        if not args.no_sweep:
-            for name, target in TARGETS_MS.items():
-                if name in names:
-                    sweeps[name] = sweep(
-                        bench, name, target, args.sweep_window, args.sweep_steps, args.sweep_from
-                    )
+        table = bench.table(args.row_keys, args.streams, args.think_seconds, args.window, args.repeats)
+        stress = [key for key in STRESS_ROWS if key in args.row_keys]
+        if args.stress_streams and len(stress) > 1:
+            table += bench.table(stress, args.stress_streams, 0.0, args.window, args.repeats)
+        capacities = {rows.ROWS[key].name: bench.capacity(key, args).as_json() for key in args.capacity_keys}
     finally:
         simulator.stop()
     result = {
-        "command": "make bench"
-        if os.environ.get("MAKELEVEL")
-        else shlex.join(["python", "-m", "benchmarks", *(argv or sys.argv[1:])]),
+        "command": command_line(argv),
         "started": started,
         "duration_seconds": round(time.monotonic() - begin, 1),
         "machine": machine(),
@@ -225,15 +215,29 @@ def main(argv: list[str] | None = None) -> int:
         "streams": args.streams,
         "window_seconds": args.window,
         "ramp_seconds": args.ramp,
+        "repeats": args.repeats,
+        "think_text": (
+            f"mean {args.think_seconds:g} s (uniform ±50%) in the table and capacity rows, "
+            f"none in the stress rows ({args.stress_streams} streams)"
+        ),
         "idle_memory": idle,
-        "runs": runs,
-        "largest_streams_under_target": sweeps,
+        "rows": table,
+        "capacity": capacities,
+        "capacity_target_ms": CAPACITY_TARGET_MS,
+        "capacity_window_seconds": args.capacity_window,
         "notes": notes,
     }
     json_path, md_path = report.write(result, args.output)
     print(report.markdown(result))
     log(f"wrote {json_path} and {md_path} in {result['duration_seconds']:.0f} s")
     return 0
+
+
+def command_line(argv: list[str] | None) -> str:
+    """How this run was started, to reproduce it."""
+    arguments = argv if argv is not None else sys.argv[1:]
+    prefix = "make bench" if os.environ.get("MAKELEVEL") else "python -m benchmarks"
+    return shlex.join([*prefix.split(), *arguments]) if arguments or prefix != "make bench" else prefix
 
 
 def pacing_dict(pacing: Pacing) -> dict[str, Any]:
@@ -270,6 +274,7 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "system": platform.platform(),
+        "load_average": os.getloadavg(),
     }
 
 

@@ -1,18 +1,15 @@
-"""The clients a run can use: the openai SDK straight at the simulator (the baseline) and the gateway's gRPC.
+"""The gateway's gRPC clients: `StreamTurn` and `Converse` over grpc's C core, a few channels shared by users.
 
-Each one is the plain, documented way an app would use that interface, so the overheads measured are
-the ones an app would see. Edge clients (SSE, WebSocket, OpenAI-compatible) live in `edge_clients`.
+Each is the plain, documented way an app would use that interface. The HTTP rows' client is `raw_http`;
+the WebSocket one is in `edge_clients`.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 from typing import Any
 
 import grpc
-import openai
 
 from audiochat.v1 import audiochat_pb2 as pb
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
@@ -23,63 +20,6 @@ MODALITIES = [pb.MODALITY_TEXT, pb.MODALITY_AUDIO]
 # Past about a hundred streams per HTTP/2 connection, one connection's flow control and framing become
 # the client's bottleneck; an app with this many streams would open several channels too.
 STREAMS_PER_CHANNEL = 100
-
-
-def chat_params(model: str = "gpt-4o-audio-preview") -> dict[str, Any]:
-    """What the gateway itself sends upstream for a one-line text turn: the baseline asks the same."""
-    return {
-        "model": model,
-        "messages": [{"role": "user", "content": QUESTION}],
-        "modalities": ["text", "audio"],
-        "audio": {"voice": "alloy", "format": "pcm16"},
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-
-
-class OpenAIDirect:
-    """The baseline: the openai SDK straight at the simulator, no gateway.
-
-    The SDK opens, authenticates and closes the stream; chunks are decoded with `json.loads`, as the
-    gateway's own upstream does, because the SDK's typed stream builds a pydantic object per chunk and
-    would cost the load side (which it shares with the simulator) several times what a gRPC client costs:
-    that cost would then be subtracted from the gateway's numbers and flatter them.
-    """
-
-    name = "baseline (openai SDK, direct)"
-
-    def __init__(self, base_url: str) -> None:
-        self._client = openai.AsyncOpenAI(api_key="sk-bench", base_url=base_url, max_retries=0)
-
-    def session(self) -> Session:
-        return _OpenAISession(self._client)
-
-    async def close(self) -> None:
-        await self._client.close()
-
-
-class _OpenAISession:
-    def __init__(self, client: openai.AsyncOpenAI) -> None:
-        self._client = client
-
-    async def turn(self, probe: TurnProbe) -> None:
-        async with self._client.chat.completions.with_streaming_response.create(**chat_params()) as response:
-            async for line in response.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                if line == "data: [DONE]":
-                    return
-                chunk = json.loads(line[6:])
-                choices = chunk.get("choices")
-                audio = choices[0]["delta"].get("audio") if choices else None
-                if audio and audio.get("data"):
-                    probe.audio(base64.b64decode(audio["data"]))
-                else:
-                    probe.other()
-        raise TurnError("no [DONE]")
-
-    async def close(self) -> None:
-        pass
 
 
 class _Channels:

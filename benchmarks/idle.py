@@ -9,7 +9,7 @@ import grpc
 
 from audiochat.v1 import audiochat_pb2 as pb
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
-from benchmarks.processes import Gateway, sample
+from benchmarks.processes import sample
 
 WARM_UP_STREAMS = 10
 SETTLE_SECONDS = 1.0
@@ -25,22 +25,23 @@ async def _open(stub: pb_grpc.AudioChatServiceAsyncStub) -> Any:
     return call
 
 
-async def idle_memory(gateway: Gateway, streams: int) -> dict[str, Any]:
+async def idle_memory(target: str, pid: int | None, streams: int) -> dict[str, Any]:
     """Open `streams` Converse calls (config sent, no turn) and divide the RSS growth among them.
 
     A few calls are opened and closed first, so one-time allocations (the first call's imports, caches
     and buffers) are not charged to the streams being measured.
     """
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+    assert pid is not None
+    async with grpc.aio.insecure_channel(target) as channel:
         stub: Any = pb_grpc.AudioChatServiceStub(channel)
         warm = [await _open(stub) for _ in range(WARM_UP_STREAMS)]
         for call in warm:
             call.cancel()
         await asyncio.sleep(SETTLE_SECONDS)
-        before = sample(gateway.pid).rss_bytes
+        before = sample(pid).rss_bytes
         calls = await asyncio.gather(*(_open(stub) for _ in range(streams)))
         await asyncio.sleep(SETTLE_SECONDS)
-        after = sample(gateway.pid).rss_bytes
+        after = sample(pid).rss_bytes
         for call in calls:
             call.cancel()
     return {

@@ -1,8 +1,11 @@
-"""The load generator: N users, each running turns back to back over one transport, for a fixed window.
+"""The load generator: N users, each running turns over one transport, for a fixed window.
 
-Users start evenly spread over a ramp, so turn boundaries do not line up; what is counted is what arrives
-inside the window after the ramp. When the window closes the turns still running are cancelled: their
-audio so far is still checked for order and integrity, only the full-count check needs a whole turn.
+Users start evenly spread over a ramp and, by default, pause between turns for a random think time
+(uniform between half and one and a half times its mean, from a seeded generator): with turns back to back
+(`think_seconds=0`, the stress model) streams fall into step within a minute and every burst queues, which
+no real population of speakers does. What is counted is what arrives inside the window after the ramp.
+When the window closes the turns still running are cancelled: their audio so far is still checked for
+order and integrity, only the full-count check needs a whole turn.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +26,8 @@ from benchmarks.pieces import Pacing, PieceChecker, filler
 from benchmarks.processes import Usage, sample
 
 ERROR_PAUSE_SECONDS = 0.2  # a failing user backs off a little instead of spinning
+THINK_SPREAD = 0.5  # think time is uniform in [mean * (1 - spread), mean * (1 + spread)]
+SEED = 11  # the same think times in every run, so two runs differ by what they measure only
 
 
 class TurnProbe:
@@ -75,6 +81,7 @@ class Recorder:
     errors: Counter[str] = field(default_factory=Counter)
     bad_pieces: int = 0
     incomplete_turns: int = 0
+    stream_ns: int = 0  # time turns were open inside the window, summed over users
 
     def __post_init__(self) -> None:
         self.filler = filler(self.pacing)
@@ -83,6 +90,12 @@ class Recorder:
         """A probe for a turn starting now."""
         self.discarded.clear()  # only kept so the hot path need not branch
         return TurnProbe(self)
+
+    def turn_ended(self, probe: TurnProbe) -> None:
+        """Count the part of the turn's lifetime that fell inside the window (however it ended)."""
+        start = max(probe.started_ns, self.window_start_ns)
+        end = min(time.time_ns(), self.window_end_ns)
+        self.stream_ns += max(0, end - start)
 
     def completed(self, probe: TurnProbe) -> None:
         """The turn ended normally: all its audio must have arrived, in order."""
@@ -147,13 +160,30 @@ class RunResult:
     errors: dict[str, int]
     bad_pieces: int
     incomplete_turns: int
+    think_seconds: float = 0.0
+    mean_active_streams: float = 0.0
     gateway_cpu_seconds: float | None = None
     gateway_rss_before: int | None = None
     gateway_rss_during: int | None = None
-    load_cpu_fraction: float | None = None
+    load_cpu_fraction: float | None = None  # client and simulator together, in cores
+    client_cpu_fraction: float | None = None  # this process alone, share of one core
 
 
-async def _user(transport: Transport, recorder: Recorder, delay: float, stop_at: float) -> None:
+def think_time(rng: random.Random, mean_seconds: float) -> float:
+    """One pause between turns: uniform around the mean, zero when the mean is zero."""
+    if mean_seconds <= 0:
+        return 0.0
+    return rng.uniform(mean_seconds * (1 - THINK_SPREAD), mean_seconds * (1 + THINK_SPREAD))
+
+
+async def _user(
+    transport: Transport,
+    recorder: Recorder,
+    delay: float,
+    stop_at: float,
+    think_seconds: float,
+    rng: random.Random,
+) -> None:
     await asyncio.sleep(delay)
     session = transport.session()
     try:
@@ -162,13 +192,17 @@ async def _user(transport: Transport, recorder: Recorder, delay: float, stop_at:
             try:
                 await session.turn(probe)
             except asyncio.CancelledError:
+                recorder.turn_ended(probe)
                 recorder.cancelled(probe)
                 raise
             except Exception as exc:
+                recorder.turn_ended(probe)
                 recorder.error(str(exc) if isinstance(exc, TurnError) else type(exc).__name__)
                 await asyncio.sleep(ERROR_PAUSE_SECONDS)
             else:
+                recorder.turn_ended(probe)
                 recorder.completed(probe)
+            await asyncio.sleep(think_time(rng, think_seconds))
     finally:
         with contextlib.suppress(Exception):
             await session.close()
@@ -181,11 +215,17 @@ async def run_load(
     *,
     ramp_seconds: float,
     window_seconds: float,
+    think_seconds: float = 0.0,
     gateway_pid: int | None = None,
     load_pids: tuple[int, ...] = (),
 ) -> RunResult:
-    """Run `streams` users over `transport`; sample the gateway's and load side's /proc around the window."""
+    """Run `streams` users over `transport`; sample the gateway's and load side's /proc around the window.
+
+    `gateway_pid` is the process whose CPU is charged to the row (the gateway, the relay, LiteLLM);
+    `load_pids` are the other load-side processes (the simulator), counted with this one.
+    """
     recorder = Recorder(pacing)
+    rng = random.Random(SEED)
     start_ns = time.time_ns()
     recorder.window_start_ns = start_ns + int(ramp_seconds * 1e9)
     recorder.window_end_ns = recorder.window_start_ns + int(window_seconds * 1e9)
@@ -193,7 +233,9 @@ async def run_load(
     own: Callable[[], list[Usage]] = lambda: [sample(pid) for pid in (os.getpid(), *load_pids)]  # noqa: E731
     rss_before = sample(gateway_pid).rss_bytes if gateway_pid else None
     users = [
-        asyncio.create_task(_user(transport, recorder, ramp_seconds * i / streams, stop_at))
+        asyncio.create_task(
+            _user(transport, recorder, ramp_seconds * i / streams, stop_at, think_seconds, rng)
+        )
         for i in range(streams)
     ]
     try:
@@ -224,10 +266,13 @@ async def run_load(
         errors=dict(recorder.errors),
         bad_pieces=recorder.bad_pieces,
         incomplete_turns=recorder.incomplete_turns,
+        think_seconds=think_seconds,
+        mean_active_streams=recorder.stream_ns / 1e9 / window_seconds,
         gateway_cpu_seconds=(
             gateway_end.cpu_seconds - gateway_start.cpu_seconds if gateway_start and gateway_end else None
         ),
         gateway_rss_before=rss_before,
         gateway_rss_during=gateway_end.rss_bytes if gateway_end else None,
         load_cpu_fraction=load_cpu / window_seconds,
+        client_cpu_fraction=(load_end[0].cpu_seconds - load_start[0].cpu_seconds) / window_seconds,
     )

@@ -1,14 +1,20 @@
-"""Turns run results into the numbers the README quotes: one JSON file and one Markdown table.
+"""Turns run results into the numbers the README quotes: one JSON file and one Markdown report.
 
-"Added" numbers are differences of the same percentile between a gateway run and the baseline run at the
-same concurrency in the same benchmark: the simulator, the load generator and the core they share cost the
-same in both, so what remains is what the extra hop through the gateway costs.
+"Added" numbers are differences of the same percentile between a run and the direct run (no relay) at the
+same size and load model in the same benchmark: the simulator, the load generator and the core they share
+cost the same in both, so what remains is the extra hop. They are refused (printed as "refused") when the
+load side of either run was saturated, because then its own queueing is in both and the difference is noise.
+
+The headline is CPU per relayed event and its ratios (gateway ÷ no-logic relay, LiteLLM ÷ gateway): they
+hold across machines far better than absolute latencies. Each row is repeated; the table shows the median
+and the spread (min-max) over the repeats.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +25,10 @@ from benchmarks.load import RunResult
 from benchmarks.pieces import BYTES_PER_SECOND
 
 KIB = 1024
-# Past these shares of a core, queueing on that side dominates the latencies it shows.
+# Past this share of a core, queueing on that side dominates the latencies it shows.
 SATURATED = 0.9
+# The load generator is one asyncio thread: past half a core its own scheduling delays show in latencies.
+CLIENT_LIMIT = 0.5
 
 
 def percentile(values: np.ndarray, q: float) -> float | None:
@@ -32,21 +40,34 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
+def load_saturation(run: RunResult) -> str:
+    """Why the load side of `run` cannot be trusted for latencies ("" if it can)."""
+    client = run.client_cpu_fraction or 0.0
+    load = run.load_cpu_fraction or 0.0
+    if client > CLIENT_LIMIT:
+        return f"load client at {client:.0%} of its core (limit {CLIENT_LIMIT:.0%})"
+    if load >= SATURATED:
+        return f"load side (client and simulator) at {load:.0%} of its core"
+    return ""
+
+
 @dataclass(frozen=True)
 class Row:
-    """One line of the table: a run and, for gateway runs, what it adds to the baseline."""
+    """One run and, unless it is the direct run, what it adds to the direct run at the same size."""
 
     run: RunResult
     baseline: RunResult | None
 
     def summary(self) -> dict[str, Any]:
-        """Everything about the run as plain JSON values (milliseconds, seconds, bytes)."""
+        """Everything about the run as plain JSON values (milliseconds, seconds, bytes, µs)."""
         run = self.run
         lat, ttfa = run.latencies_ms, run.first_audio_ms
         audio_seconds = run.audio_bytes / BYTES_PER_SECOND
         out: dict[str, Any] = {
             "transport": run.transport,
             "streams": run.streams,
+            "think_seconds": run.think_seconds,
+            "mean_active_streams": run.mean_active_streams,
             "window_seconds": run.window_seconds,
             "latency_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": _max(lat)},
             "first_audio_ms": {"p50": percentile(ttfa, 50), "p99": percentile(ttfa, 99)},
@@ -60,6 +81,8 @@ class Row:
             "lost_or_reordered_pieces": run.bad_pieces,
             "incomplete_turns": run.incomplete_turns,
             "load_side_cpu_fraction": run.load_cpu_fraction,
+            "client_cpu_fraction": run.client_cpu_fraction,
+            "load_saturated": load_saturation(run),
         }
         if run.gateway_cpu_seconds is not None:
             out["gateway_cpu_seconds"] = run.gateway_cpu_seconds
@@ -77,15 +100,21 @@ class Row:
             )
         base = self.baseline
         if base is not None:
-            out["added_latency_ms"] = {
-                "p50": _diff(percentile(lat, 50), percentile(base.latencies_ms, 50)),
-                "p99": _diff(percentile(lat, 99), percentile(base.latencies_ms, 99)),
-                "max": _diff(_max(lat), _max(base.latencies_ms)),
-            }
-            out["added_first_audio_ms"] = {
-                "p50": _diff(percentile(ttfa, 50), percentile(base.first_audio_ms, 50)),
-                "p99": _diff(percentile(ttfa, 99), percentile(base.first_audio_ms, 99)),
-            }
+            refused = out["load_saturated"] or load_saturation(base)
+            out["added_refused"] = refused
+            if refused:
+                out["added_latency_ms"] = {"p50": None, "p99": None, "max": None}
+                out["added_first_audio_ms"] = {"p50": None, "p99": None}
+            else:
+                out["added_latency_ms"] = {
+                    "p50": _diff(percentile(lat, 50), percentile(base.latencies_ms, 50)),
+                    "p99": _diff(percentile(lat, 99), percentile(base.latencies_ms, 99)),
+                    "max": _diff(_max(lat), _max(base.latencies_ms)),
+                }
+                out["added_first_audio_ms"] = {
+                    "p50": _diff(percentile(ttfa, 50), percentile(base.first_audio_ms, 50)),
+                    "p99": _diff(percentile(ttfa, 99), percentile(base.first_audio_ms, 99)),
+                }
         return out
 
 
@@ -103,111 +132,214 @@ def healthy(summary: dict[str, Any]) -> bool:
     )
 
 
+def spread(values: list[float | None]) -> dict[str, float | None]:
+    """Median, min and max of the measured values (None where a repeat had none)."""
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    if not present:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(present), "min": min(present), "max": max(present), "n": len(present)}
+
+
+def _get(summary: dict[str, Any], *path: str) -> float | None:
+    value: Any = summary
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, int | float) else None
+
+
+AGGREGATED = {
+    "cpu_us_per_event": ("gateway_cpu_us_per_event",),
+    "server_core": ("gateway_cpu_fraction",),
+    "added_p50_ms": ("added_latency_ms", "p50"),
+    "added_p99_ms": ("added_latency_ms", "p99"),
+    "added_max_ms": ("added_latency_ms", "max"),
+    "end_to_end_p99_ms": ("latency_ms", "p99"),
+    "client_core": ("client_cpu_fraction",),
+    "load_core": ("load_side_cpu_fraction",),
+    "mean_active_streams": ("mean_active_streams",),
+    "events_per_second": ("events_per_second",),
+    "rss_kib_per_stream": ("gateway_rss_kib_per_stream",),
+}
+
+
+def aggregate(key: str, name: str, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table row from the repeats of a run: medians and spreads, summed errors, every repeat kept."""
+    out: dict[str, Any] = {
+        "row": key,
+        "transport": name,
+        "streams": summaries[0]["streams"],
+        "think_seconds": summaries[0]["think_seconds"],
+        "repeats": len(summaries),
+        "errors": sum(s["errors"] for s in summaries),
+        "lost_or_reordered": sum(s["lost_or_reordered_pieces"] + s["incomplete_turns"] for s in summaries),
+        "added_refused": sorted({s.get("added_refused") or "" for s in summaries} - {""}),
+        "healthy": all(healthy(s) for s in summaries),
+        "runs": summaries,
+    }
+    for field, path in AGGREGATED.items():
+        out[field] = spread([_get(s, *path) for s in summaries])
+    return out
+
+
+def ratio(numerator: dict[str, Any] | None, denominator: dict[str, Any] | None, field: str) -> float | None:
+    """Median over median of one aggregated field of two rows, when both were measured."""
+    if numerator is None or denominator is None:
+        return None
+    top, bottom = numerator[field]["median"], denominator[field]["median"]
+    if top is None or bottom is None or bottom <= 0:
+        return None
+    return float(top / bottom)
+
+
 def _ms(value: float | None) -> str:
     if value is None or math.isnan(value):
         return "n/a"
     return f"{value:+.2f}" if abs(value) < 100 else f"{value:+.0f}"
 
 
-def _abs_ms(value: float | None) -> str:
-    if value is None:
+def _spread_text(values: dict[str, Any], digits: int = 0, percent: bool = False) -> str:
+    median, low, high = values["median"], values["min"], values["max"]
+    if median is None:
         return "n/a"
-    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
+    def text(value: float) -> str:
+        return f"{value:.0%}" if percent else f"{value:.{digits}f}"
 
-def _num(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+    if values["n"] < 2:
+        return text(median)
+    return f"{text(median)} ({text(low)}-{text(high)})"
 
 
 HEADER = (
-    "| transport | streams | added TTFA p50 / p99 ms | added latency/event p50 / p99 / max ms "
-    "| end-to-end p50 / p99 ms | events/s | audio s/s | gateway CPU s per audio s | gateway CPU "
-    "| RSS KiB/stream | errors | lost/reordered |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| row | streams (think s) | active streams | CPU µs per event | ÷ relay | server core "
+    "| added p50 / p99 / max ms | end-to-end p99 ms | client core | errors | lost/reordered |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
-def table_row(summary: dict[str, Any]) -> str:
-    """One Markdown row."""
-    lat = summary["latency_ms"]
-    added = summary.get("added_latency_ms")
-    ttfa = summary.get("added_first_audio_ms")
-    cpu_fraction = summary.get("gateway_cpu_fraction")
+def table_row(row: dict[str, Any], relay: dict[str, Any] | None) -> str:
+    """One Markdown row of an aggregated run."""
+    if row["added_refused"]:
+        added = "refused: " + "; ".join(row["added_refused"])
+    elif row["row"] == "direct":
+        added = "(reference)"
+    else:
+        added = " / ".join(
+            _ms(row[field]["median"]) for field in ("added_p50_ms", "added_p99_ms", "added_max_ms")
+        )
+    per_relay = ratio(row, relay, "cpu_us_per_event") if row["row"] not in ("direct", "relay") else None
     cells = [
-        summary["transport"],
-        str(summary["streams"]),
-        f"{_ms(ttfa['p50'])} / {_ms(ttfa['p99'])}" if ttfa else "(reference)",
-        f"{_ms(added['p50'])} / {_ms(added['p99'])} / {_ms(added['max'])}" if added else "(reference)",
-        f"{_abs_ms(lat['p50'])} / {_abs_ms(lat['p99'])}",
-        _num(summary["events_per_second"], 0),
-        _num(summary["audio_seconds_per_second"], 1),
-        _num(summary.get("gateway_cpu_seconds_per_audio_second"), 4),
-        "n/a" if cpu_fraction is None else f"{cpu_fraction:.0%}",
-        _num(summary.get("gateway_rss_kib_per_stream"), 1),
-        str(summary["errors"]),
-        str(summary["lost_or_reordered_pieces"] + summary["incomplete_turns"]),
+        row["transport"],
+        f"{row['streams']} ({row['think_seconds']:g})",
+        _spread_text(row["mean_active_streams"]),
+        _spread_text(row["cpu_us_per_event"]),
+        "n/a" if per_relay is None else f"{per_relay:.1f}x",
+        _spread_text(row["server_core"], percent=True),
+        added,
+        _spread_text(row["end_to_end_p99_ms"], 1),
+        _spread_text(row["client_core"], percent=True),
+        str(row["errors"]),
+        str(row["lost_or_reordered"]),
     ]
     return "| " + " | ".join(cells) + " |"
 
 
+def headline(rows: list[dict[str, Any]]) -> list[str]:
+    """The ratios the README quotes: each gateway row ÷ the relay, LiteLLM ÷ gateway gRPC."""
+    by_key = {(row["row"], row["think_seconds"], row["streams"]): row for row in rows}
+    lines = []
+    for (key, think, streams), row in by_key.items():
+        relay = by_key.get(("relay", think, streams))
+        if key in ("direct", "relay", "litellm") or relay is None:
+            continue
+        cpu = ratio(row, relay, "cpu_us_per_event")
+        if cpu is not None:
+            lines.append(
+                f"- CPU per relayed event, {row['transport']} ÷ no-logic relay at {streams} streams: "
+                f"**{cpu:.2f}x**"
+            )
+    for (key, think, streams), row in by_key.items():
+        gateway = by_key.get(("grpc", think, streams))
+        if key != "litellm" or gateway is None:
+            continue
+        cpu = ratio(row, gateway, "cpu_us_per_event")
+        p99 = ratio(row, gateway, "added_p99_ms")
+        lines.append(
+            f"- LiteLLM ÷ gateway gRPC at {streams} streams: CPU per event **{_times(cpu)}**, "
+            f"p99 added **{_times(p99)}**"
+        )
+    return lines
+
+
+def _times(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}x"
+
+
+def capacity_lines(capacities: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per searched row: the bracket, each step and why the search stopped."""
+    lines = []
+    for name, found in capacities.items():
+        steps = ", ".join(f"{s['streams']}: {s['verdict']} ({s['why']})" for s in found["steps"])
+        high = found["smallest_fail"]
+        bracket = (
+            f"**{found['largest_pass']}** streams hold, {high} do not"
+            if high is not None
+            else f"**{found['largest_pass']}** streams hold (no failure found)"
+        )
+        stopped = f"; stopped: {found['stopped']}" if found["stopped"] else ""
+        lines.append(f"- {name}: {bracket}. Steps: {steps}{stopped}.")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The whole Markdown report."""
+    machine = report["machine"]
     lines = [
-        f"# audiochat benchmark: {report['streams']} concurrent streams",
+        "# audiochat benchmark",
         "",
-        f"`{report['command']}` on {report['machine']['cpu']} ({report['machine']['cores']} cores), "
-        f"Python {report['machine']['python']}, {report['started']}.",
-        f"Placement: {report['placement']}. Pacing: {report['pacing_text']}. "
-        f"Window {report['window_seconds']} s after a {report['ramp_seconds']} s ramp.",
+        f"`{report['command']}` on {machine['cpu']} ({machine['cores']} cores), Python {machine['python']}, "
+        f"{report['started']}, {report['duration_seconds']:.0f} s.",
+        f"Placement: {report['placement']}. Pacing: {report['pacing_text']}. Windows of "
+        f"{report['window_seconds']:g} s after a {report['ramp_seconds']:g} s ramp, "
+        f"{report['repeats']} repeats per row, interleaved. "
+        f"Think time between turns: {report['think_text']}.",
+        "",
+        "## Headline",
+        "",
+        *(headline(report["rows"]) or ["- (no relay row measured: no ratio)"]),
+        "",
+        "## Rows",
+        "",
+        "Median over the repeats, (min-max) when repeated. CPU µs per event: the row's server process "
+        "(gateway, relay or LiteLLM), user + system, per event delivered to the client.",
         "",
         HEADER,
-        *(table_row(summary) for summary in report["runs"]),
-        "",
     ]
+    relays = {(row["think_seconds"], row["streams"]): row for row in report["rows"] if row["row"] == "relay"}
+    lines += [table_row(row, relays.get((row["think_seconds"], row["streams"]))) for row in report["rows"]]
+    lines.append("")
     idle = report.get("idle_memory")
     if idle:
         lines.append(
             f"Idle memory: {idle['kib_per_stream']:.1f} KiB per open Converse stream "
-            f"({idle['streams']} streams, config sent, no turn; target at most 40)."
+            f"({idle['streams']} streams, config sent, no turn)."
         )
-    sweep = report.get("largest_streams_under_target") or {}
-    for name, found in sweep.items():
-        tried = ", ".join(
-            f"{step['streams']}: {_ms(step['added_p99_ms'])} ms{'' if step['healthy'] else ' (errors)'}"
-            for step in found["tried"]
-        )
-        best = found["largest"]
-        verdict = f"**{best}** streams" if best else "**none** of the sizes tried"
-        lines.append(
-            f"Largest concurrency with p99 added latency under {found['target_ms']:g} ms over {name}: "
-            f"{verdict} (p99 added per size: {tried})."
-        )
-    lines.extend(saturation_notes(report["runs"]))
+        lines.append("")
+    if report.get("capacity"):
+        lines += [
+            f"## Capacity (p99 added < {report['capacity_target_ms']:g} ms, server core < {SATURATED:.0%}, "
+            f"healthy; {report['capacity_window_seconds']:g} s windows)",
+            "",
+            *capacity_lines(report["capacity"]),
+            "",
+        ]
     for note in report.get("notes", []):
         lines.append(f"Note: {note}")
     return "\n".join(lines) + "\n"
 
 
-def saturation_notes(runs: list[dict[str, Any]]) -> list[str]:
-    """Say which runs a saturated core distorts, so nobody reads their differences as the gateway's."""
-    notes = []
-    load_bound = [r["transport"] for r in runs if (r.get("load_side_cpu_fraction") or 0) >= SATURATED]
-    if load_bound:
-        notes.append(
-            f"Load side at or above {SATURATED:.0%} of its core for: {', '.join(load_bound)}; "
-            "its own queueing is in those latencies, so differences against them are not the gateway's."
-        )
-    saturated = [r["transport"] for r in runs if (r.get("gateway_cpu_fraction") or 0) >= SATURATED]
-    if saturated:
-        notes.append(
-            f"Gateway core at or above {SATURATED:.0%} for: {', '.join(saturated)}; "
-            "it cannot keep up, and its latencies grow with its queue."
-        )
-    return notes
-
-
 def write(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
-    """Write `latest.json` and `latest.md`; return their paths."""
+    """Write `latest.json` and `latest.md` into `directory`; return their paths."""
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path = directory / "latest.json", directory / "latest.md"
     json_path.write_text(json.dumps(report, indent=1, sort_keys=False) + "\n")

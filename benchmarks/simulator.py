@@ -19,8 +19,9 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+from benchmarks import loop
 from benchmarks.pieces import HEADER, HEADER_BYTES, Pacing, filler
 from service.offline import wire
 
@@ -154,8 +155,8 @@ class _Connection(asyncio.Protocol):
         self._stream: Stream | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         self._sim.connections.add(self)
 
     def close(self) -> None:
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     pacing_arguments(parser)
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(pacing_from(args), args.port))
+        loop.run(_serve(pacing_from(args), args.port))
     return 0
 
 

@@ -1,23 +1,29 @@
-"""The benchmark harness works: simulator, load generator and report against a real `audiochat serve`.
+"""The benchmark harness works: simulator, relay, lean clients, load generator and report on real processes.
 
-Tiny and short on purpose: it proves every audio piece is measured and checked, never how fast anything is.
+Tiny and short on purpose: it proves every audio piece is measured and checked on every row, that the
+report refuses what it cannot measure, and that the capacity search brackets a limit; never how fast
+anything is (that is `make bench`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import ExitStack
+from dataclasses import replace
+from typing import Any
 
+import numpy as np
 import pytest
 
-from benchmarks import report
-from benchmarks.clients import GrpcConverse, GrpcStreamTurn, OpenAIDirect
-from benchmarks.load import Transport, run_load
+from benchmarks import capacity, report, rows
+from benchmarks.load import RunResult, Transport, run_load
 from benchmarks.pieces import HEADER, Pacing, PieceChecker, filler
-from benchmarks.processes import Placement, start_gateway
+from benchmarks.processes import Placement
 from benchmarks.simulator import Simulator
 
 PACING = Pacing(first_chunk_seconds=0.05, speech_seconds=0.8)
 UNPINNED = Placement(frozenset(), frozenset())
+STREAMS = 3
 
 
 def _piece(index: int) -> bytes:
@@ -38,31 +44,104 @@ def test_checker_accepts_rechunked_audio_and_catches_reordering() -> None:
     assert swapped.bad == 2 and not swapped.complete(PACING)
 
 
+def _result(latencies_ms: list[float], client: float, load: float) -> RunResult:
+    return RunResult(
+        transport="t",
+        streams=STREAMS,
+        window_seconds=1.0,
+        events=10,
+        audio_bytes=3200,
+        latencies_ms=np.asarray(latencies_ms),
+        first_audio_ms=np.asarray(latencies_ms),
+        turns_completed=1,
+        turns_cancelled=0,
+        errors={},
+        bad_pieces=0,
+        incomplete_turns=0,
+        gateway_cpu_seconds=0.01,
+        client_cpu_fraction=client,
+        load_cpu_fraction=load,
+    )
+
+
+def test_added_latency_is_refused_when_either_load_side_is_saturated() -> None:
+    direct = _result([1.0, 2.0], client=0.1, load=0.2)
+    relayed = _result([3.0, 5.0], client=0.1, load=0.2)
+    added = report.Row(relayed, direct).summary()
+    assert not added["added_refused"] and added["added_latency_ms"]["max"] == pytest.approx(3.0)
+    for busy in (replace(relayed, client_cpu_fraction=0.6), replace(relayed, load_cpu_fraction=0.95)):
+        refused = report.Row(busy, direct).summary()
+        assert refused["added_refused"] and refused["added_latency_ms"]["p99"] is None
+    saturated_baseline = report.Row(relayed, replace(direct, client_cpu_fraction=0.7)).summary()
+    assert "load client at 70%" in saturated_baseline["added_refused"]
+    row = report.aggregate(
+        "grpc", "grpc StreamTurn", [report.Row(relayed, replace(direct, load_cpu_fraction=1.0)).summary()]
+    )
+    assert report.table_row(row, None).count("refused") == 1
+
+
+@pytest.mark.parametrize("limit", [1, 7, 150, 333, 1599])
+def test_capacity_search_brackets_the_limit(limit: int) -> None:
+    tried: list[int] = []
+
+    def check(streams: int) -> tuple[capacity.Verdict, str]:
+        tried.append(streams)
+        return ("pass", "") if streams <= limit else ("fail", "")
+
+    found = capacity.search(check, start=100, limit=1600, max_steps=20, precision=0.05)
+    assert found.smallest_fail is not None and found.largest_pass <= limit < found.smallest_fail
+    assert found.smallest_fail - found.largest_pass <= max(1, round(0.05 * found.largest_pass))
+    assert len(tried) == len(set(tried))  # never measures a size twice
+
+
+def test_capacity_search_stops_where_the_load_side_cannot_judge() -> None:
+    def check(streams: int) -> tuple[capacity.Verdict, str]:
+        return ("pass", "") if streams < 400 else ("unmeasurable", "load client at 80%")
+
+    found = capacity.search(check, start=100, limit=1600, max_steps=10)
+    assert found.largest_pass == 200 and found.smallest_fail is None
+    assert "load side saturated at 400" in found.stopped
+
+
+async def _measure(transport: Transport, pid: int | None, think: float = 0.0) -> dict[str, Any]:
+    result = await run_load(
+        transport,
+        STREAMS,
+        PACING,
+        ramp_seconds=0.3,
+        window_seconds=1.5,
+        think_seconds=think,
+        gateway_pid=pid,
+    )
+    return report.Row(result, None).summary()
+
+
 @pytest.mark.slow
-async def test_every_transport_relays_every_piece_in_order() -> None:
+async def test_every_row_relays_every_piece_in_order() -> None:
     async with Simulator(PACING) as sim:
-        gateway = await asyncio.to_thread(start_gateway, sim.port, UNPINNED, False)
-        try:
-            target = f"127.0.0.1:{gateway.grpc_port}"
-            transports: list[Transport] = [
-                OpenAIDirect(sim.base_url),
-                GrpcStreamTurn(target, 3),
-                GrpcConverse(target, 3),
-            ]
-            results = [
-                await run_load(
-                    transport, 3, PACING, ramp_seconds=0.3, window_seconds=1.5, gateway_pid=gateway.pid
-                )
-                for transport in transports
-            ]
-        finally:
-            await asyncio.to_thread(gateway.child.stop)
-    baseline = results[0]
-    for result in results:
-        summary = report.Row(result, None if result is baseline else baseline).summary()
-        assert summary["errors"] == 0, summary["error_kinds"]
-        assert summary["lost_or_reordered_pieces"] == 0 and summary["incomplete_turns"] == 0
-        assert summary["turns_completed"] >= 3 and summary["pieces_measured"] > 0
-        assert report.healthy(summary)
-        assert report.table_row(summary).count("|") == report.HEADER.splitlines()[0].count("|")
-    assert results[1].gateway_cpu_seconds is not None and results[1].gateway_rss_during
+        setup = rows.Setup(sim.port, UNPINNED, edge=True)
+        with ExitStack() as stack:
+            served = {
+                server: await asyncio.to_thread(stack.enter_context, rows.serve(rows.ROWS[key], setup))
+                for key, server in (("direct", "direct"), ("relay", "relay"), ("grpc", "gateway"))
+            }
+            summaries = {}
+            for key, row in rows.ROWS.items():
+                if row.server in served:
+                    target = served[row.server]
+                    summaries[key] = await _measure(row.client(target, STREAMS), target.pid)
+            paused = await _measure(rows.ROWS["grpc"].client(served["gateway"], STREAMS), None, think=1.0)
+            await asyncio.to_thread(stack.close)
+    assert set(summaries) == {"direct", "relay", "grpc", "converse", "sse", "websocket", "compat"}
+    for key, summary in summaries.items():
+        assert summary["errors"] == 0, (key, summary["error_kinds"])
+        assert summary["lost_or_reordered_pieces"] == 0 and summary["incomplete_turns"] == 0, key
+        assert summary["turns_completed"] >= STREAMS and report.healthy(summary), key
+        if key != "direct":
+            cpu = summary["gateway_cpu_us_per_event"]
+            assert isinstance(cpu, float) and cpu > 0, key
+    # Back to back, every user is in a turn nearly all the time; with think time, far less.
+    busy = summaries["grpc"]["mean_active_streams"]
+    idle = paused["mean_active_streams"]
+    assert isinstance(busy, float) and isinstance(idle, float)
+    assert busy > 0.8 * STREAMS and idle < 0.8 * STREAMS
