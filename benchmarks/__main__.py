@@ -17,10 +17,11 @@ import contextlib
 import os
 import platform
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,24 @@ class Bench:
     sim_pid: int
     ramp: float
     log: Callable[[str], None]
+    compare: Path | None = None
     directs: dict[tuple[int, float, float], RunResult] = field(default_factory=dict)
+
+    def name(self, key: str) -> str:
+        """How a row is named in the table; `key@compare` is a gateway row run from the `--compare` tree."""
+        base, _, other = key.partition("@")
+        name = rows.ROWS[base].name
+        return f"{name} [{self.compare}]" if other and self.compare else name
 
     def run(self, key: str, streams: int, think: float, window: float) -> RunResult:
         """One run of one row on a fresh server process."""
-        row = rows.ROWS[key]
+        base, _, other = key.partition("@")
+        row = rows.ROWS[base]
+        setup = self.setup
+        if other and self.compare:
+            setup = replace(setup, gateway_repo=self.compare)
         started = time.monotonic()
-        with rows.serve(row, self.setup) as served:
+        with rows.serve(row, setup) as served:
 
             async def measure() -> RunResult:
                 # gRPC channels belong to the loop they are made in: make the transport inside it.
@@ -73,7 +85,7 @@ class Bench:
             self.directs[streams, think, window] = result
         summary = report.Row(result, None).summary()
         self.log(
-            f"{row.name:>26} x{streams:<4} think {think:g} s: active {result.mean_active_streams:6.1f} "
+            f"{self.name(key):>26} x{streams:<4} think {think:g} s: active {result.mean_active_streams:6.1f} "
             f"p99 {summary['latency_ms']['p99'] or 0:8.2f} ms "
             f"cpu {summary.get('gateway_cpu_us_per_event') or 0:6.1f} µs/event "
             f"core {summary.get('gateway_cpu_fraction', 0):4.0%} "
@@ -89,6 +101,8 @@ class Bench:
 
     def table(self, keys: list[str], streams: int, think: float, window: float, repeats: int) -> list[Any]:
         """Every row `repeats` times, interleaved, each gateway run against the direct run of its repeat."""
+        if self.compare:
+            keys = [k for key in keys for k in ((key, f"{key}@compare") if _gateway(key) else (key,))]
         summaries: dict[str, list[dict[str, Any]]] = {key: [] for key in keys}
         for _ in range(repeats):
             direct = self.run("direct", streams, think, window)
@@ -96,7 +110,7 @@ class Bench:
             for key in keys:
                 if key != "direct":
                     summaries[key].append(report.Row(self.run(key, streams, think, window), direct).summary())
-        return [report.aggregate(key, rows.ROWS[key].name, summaries[key]) for key in keys]
+        return [report.aggregate(key, self.name(key), summaries[key]) for key in keys]
 
     def capacity(self, key: str, args: argparse.Namespace) -> capacity.Capacity:
         """Bisect the number of users `key` holds with the think-time load model."""
@@ -112,6 +126,10 @@ class Bench:
             limit=args.capacity_limit,
             max_steps=args.capacity_steps,
         )
+
+
+def _gateway(key: str) -> bool:
+    return rows.ROWS[key].server == "gateway"
 
 
 def verdict(summary: dict[str, Any]) -> tuple[capacity.Verdict, str]:
@@ -160,6 +178,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-streams", type=int, default=300)
     parser.add_argument("--litellm", type=Path, help="LiteLLM's CLI: adds its row (make bench-peers)")
     parser.add_argument("--output", type=Path, default=OUTPUT, help="directory for latest.json/.md")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="another checkout (e.g. `git worktree add /tmp/before HEAD~1`): its gateway runs beside this "
+        "one's in every gateway row, interleaved, for before/after pairs",
+    )
     pacing_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -176,6 +200,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the report."""
     args = parse(argv)
+    # A SIGTERM unwinds like Ctrl-C, so the simulator and the server of the run in progress are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     pacing = pacing_from(args)
     placement = processes.plan_placement()
     processes.pin_self(placement)
@@ -192,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     begin = time.monotonic()
     setup = rows.Setup(sim_port, placement, edge=True, litellm=args.litellm)
     try:
-        bench = Bench(pacing, setup, simulator.process.pid, args.ramp, log)
+        compare = args.compare.resolve() if args.compare else None
+        bench = Bench(pacing, setup, simulator.process.pid, args.ramp, log, compare)
         gateway_row = rows.ROWS["grpc"]
         with rows.serve(gateway_row, setup) as served:
             idle = loop.run(idle_memory(served.grpc_target, served.pid, args.idle_streams))

@@ -80,9 +80,9 @@ def _pinned_command(command: list[str], cores: frozenset[int]) -> list[str]:
     return [taskset, "-c", _cores(cores), *command]
 
 
-def _environment(extra: dict[str, str]) -> dict[str, str]:
+def _environment(extra: dict[str, str], repo: Path = REPO) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AUDIOCHAT_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "gen")])
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), str(repo / "gen")])
     env.update(extra)
     return env
 
@@ -128,12 +128,14 @@ class Child:
     _reader: threading.Thread | None = None
 
     @classmethod
-    def start(cls, command: list[str], cores: frozenset[int], env: dict[str, str], stream: str) -> Child:
-        """Start `command` pinned to `cores`; `stream` ("stdout" or "stderr") is the one read."""
+    def start(
+        cls, command: list[str], cores: frozenset[int], env: dict[str, str], stream: str, repo: Path = REPO
+    ) -> Child:
+        """Start `command` pinned to `cores` in `repo`'s tree; read its `stream` ("stdout" or "stderr")."""
         process = subprocess.Popen(
             _pinned_command(command, cores),
-            env=_environment(env),
-            cwd=REPO,
+            env=_environment(env, repo),
+            cwd=repo,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if stream == "stdout" else subprocess.DEVNULL,
             stderr=subprocess.PIPE if stream == "stderr" else subprocess.DEVNULL,
@@ -220,8 +222,8 @@ class Gateway:
         return self.child.process.pid
 
 
-def start_gateway(simulator_port: int, placement: Placement, edge: bool) -> Gateway:
-    """`audiochat serve` on the gateway cores, every port picked free, logging JSON lines to stderr."""
+def start_gateway(simulator_port: int, placement: Placement, edge: bool, repo: Path = REPO) -> Gateway:
+    """`audiochat serve` from `repo`'s tree on the gateway cores, every port free, JSON logs on stderr."""
     env = {
         "OPENAI_API_KEY": "sk-bench",
         "OPENAI_BASE_URL": f"http://127.0.0.1:{simulator_port}/v1",
@@ -235,7 +237,7 @@ def start_gateway(simulator_port: int, placement: Placement, edge: bool) -> Gate
         "AUDIOCHAT_UPSTREAM_MAX_RETRIES": "0",
     }
     command = [sys.executable, "-m", "service.cli", "serve"]
-    child = Child.start(command, placement.gateway_cores, env, "stderr")
+    child = Child.start(command, placement.gateway_cores, env, "stderr", repo)
     try:
         grpc_port = int(child.wait_for_json("message", "gRPC service listening")["port"])
         child.wait_for_json("message", "audiochat ready")

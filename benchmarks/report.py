@@ -259,6 +259,14 @@ def headline(rows: list[dict[str, Any]]) -> list[str]:
                 f"**{cpu:.2f}x**"
             )
     for (key, think, streams), row in by_key.items():
+        before = by_key.get((f"{key}@compare", think, streams))
+        cpu = ratio(row, before, "cpu_us_per_event")
+        if cpu is not None and before is not None:
+            lines.append(
+                f"- {row['transport']} at {streams} streams, this tree ÷ {before['transport']}: "
+                f"CPU per event **{cpu:.2f}x**"
+            )
+    for (key, think, streams), row in by_key.items():
         gateway = by_key.get(("grpc", think, streams))
         if key != "litellm" or gateway is None:
             continue

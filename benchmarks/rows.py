@@ -94,6 +94,7 @@ class Setup:
     placement: processes.Placement
     edge: bool
     litellm: Path | None = None
+    gateway_repo: Path = processes.REPO  # the tree `audiochat serve` runs from (`--compare` sets another)
 
 
 @contextmanager
@@ -104,7 +105,7 @@ def serve(row: Row, setup: Setup) -> Iterator[Served]:
         yield Served(None, sim)
         return
     if row.server == "gateway":
-        gateway = processes.start_gateway(setup.sim_port, setup.placement, edge=setup.edge)
+        gateway = processes.start_gateway(setup.sim_port, setup.placement, setup.edge, setup.gateway_repo)
         try:
             http = f"http://127.0.0.1:{gateway.http_port}" if gateway.http_port else ""
             yield Served(gateway.pid, http, f"127.0.0.1:{gateway.grpc_port}")
