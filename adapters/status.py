@@ -96,6 +96,9 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> EdgeError:
 
 def from_turn_error(error: pb.TurnError) -> EdgeError:
     """A turn that failed in-band, for an answer not yet begun (the non-streaming compat route)."""
+    if error.code == pb.ERROR_CODE_UPSTREAM_MALFORMED:
+        # Not a gRPC status: the upstream answered, but not in its format (a bad gateway, like HTTP 502).
+        return EdgeError(502, "upstream_malformed", error.message, 1011, error.retry_after_ms)
     status = _STATUS_BY_VALUE.get(error.code, grpc.StatusCode.UNAVAILABLE)
     return _map(status, error.message or "the upstream failed", error.retry_after_ms, upstream_failed=True)
 

@@ -156,7 +156,13 @@ class Conversation:
         if self._draining:
             raise ShuttingDown("the server is shutting down; reconnect to continue the conversation")
         await self._stop_turn(played_ms=None)
-        turn = Turn(upstream=self._upstream, settings=self.settings, history=tuple(self.history), user=user)
+        turn = Turn(
+            upstream=self._upstream,
+            settings=self.settings,
+            history=tuple(self.history),
+            user=user,
+            max_audio_delta_bytes=self._limits.max_audio_delta_bytes,
+        )
         self._turn = turn
         self._task = asyncio.create_task(self._run(turn), name=turn.turn_id)
 

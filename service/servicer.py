@@ -73,6 +73,7 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                     settings=resolve_settings(request.config, self._defaults),
                     history=history_entries(request.history, self._limits),
                     user=user_entry(request.input, self._limits, required=True),
+                    max_audio_delta_bytes=self._limits.max_audio_delta_bytes,
                 )
                 try:
                     async with aclosing(turn.events()) as events:

@@ -69,7 +69,10 @@ class Settings:
     def limits(self) -> Limits:
         """Bounds on one turn."""
         return Limits(
-            max_turn_audio_bytes=self.max_turn_audio_bytes, max_turn_audio_seconds=self.max_turn_audio_seconds
+            max_turn_audio_bytes=self.max_turn_audio_bytes,
+            max_turn_audio_seconds=self.max_turn_audio_seconds,
+            # Half the message limit leaves the rest of the event (and gRPC's framing) ample room.
+            max_audio_delta_bytes=min(Limits().max_audio_delta_bytes, self.max_message_bytes // 2),
         )
 
     def validated(self) -> Settings:

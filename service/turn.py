@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 
 from audiochat.v1 import audiochat_pb2 as pb
 from service.errors import TurnFailed, UpstreamFailure
-from service.normalizer import OUTPUT_FORMAT, SAMPLE_RATE_HZ, Normalizer, Outcome
+from service.normalizer import MAX_AUDIO_DELTA_BYTES, OUTPUT_FORMAT, SAMPLE_RATE_HZ, Normalizer, Outcome
 from service.turn_input import Entry, TurnSettings, UserEntry
 from service.upstream import ChunkStream, Upstream
 from service.upstream_request import build_params, refers_to_audio_ids
@@ -29,6 +29,7 @@ class Turn:
         history: Sequence[Entry],
         user: UserEntry,
         clock: Callable[[], float] = time.perf_counter,
+        max_audio_delta_bytes: int = MAX_AUDIO_DELTA_BYTES,
     ) -> None:
         self.turn_id = f"turn_{uuid.uuid4().hex}"
         self.settings = settings
@@ -36,7 +37,7 @@ class Turn:
         self._upstream = upstream
         self._history = history
         self._clock = clock
-        self._normalizer = Normalizer()
+        self._normalizer = Normalizer(max_audio_delta_bytes)
         self._sequence = 0
         self.accepted_at = clock()
         self.upstream_first_byte_at: float | None = None

@@ -35,6 +35,8 @@ class Limits:
     max_turn_audio_seconds: float = 300.0
     max_text_chars: int = 200_000
     max_history_items: int = 500
+    # Bytes of pcm16 per AudioDelta: a bigger upstream piece is split, so no event exceeds the gRPC limit.
+    max_audio_delta_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,8 +33,11 @@ class ChunkStream:
         self.request_id: str = response.headers.get("x-request-id", "")
         self.saw_done = False
 
-    async def chunks(self) -> AsyncIterator[Mapping[str, Any]]:
-        """Decoded chunks in arrival order; raises TurnFailed if the connection breaks."""
+    async def chunks(self) -> AsyncIterator[object]:
+        """Decoded JSON chunks in arrival order (the normalizer checks their shape).
+
+        Raises TurnFailed if the connection breaks or a frame is not JSON (`upstream_malformed`).
+        """
         decoder = SSEDecoder()
         try:
             async for raw in self._response.iter_bytes():
@@ -57,17 +60,22 @@ class ChunkStream:
                 UpstreamFailure(pb.ERROR_CODE_UNAVAILABLE, "the upstream connection broke mid-answer", True)
             ) from exc
 
-    def _decode(self, data: bytes) -> Mapping[str, Any] | None:
+    def _decode(self, data: bytes) -> object:
         if data == DONE:
             self.saw_done = True
             return None
         try:
-            chunk = json.loads(data)
-        except ValueError:
-            # Lenient like the SDK: a stray non-JSON frame (a proxy's keep-alive) is not the model's.
-            log.warning("skipping a non-JSON upstream frame of %d bytes", len(data))
-            return None
-        return chunk if isinstance(chunk, Mapping) else None
+            return json.loads(data)
+        except ValueError as exc:
+            # Keep-alives come as SSE comments, which never reach here: a data frame that is not JSON is
+            # a cut or corrupted chunk, and what it held is missing from the answer.
+            log.warning("malformed upstream frame of %d bytes: %s", len(data), exc)
+            failure = UpstreamFailure(
+                pb.ERROR_CODE_UPSTREAM_MALFORMED,
+                f"the upstream sent a frame that is not JSON ({len(data)} bytes); the answer is incomplete",
+                True,
+            )
+            raise TurnFailed(failure) from None
 
 
 class Upstream(Protocol):

@@ -15,7 +15,7 @@ from service.server import AudioChatServer
 from service.settings import Settings
 from service.upstream import OpenAIUpstream
 from tests.edge_fixtures import edge, start_edge  # noqa: F401 (fixtures of the edge tests)
-from tests.upstream_server import FixtureUpstream
+from tests.fault_upstream import FaultUpstream
 
 TEST_SETTINGS = Settings(
     openai_api_key="sk-test",
@@ -42,14 +42,14 @@ StartService = Callable[..., Awaitable[RunningService]]
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[FixtureUpstream]:
-    """The local OpenAI-compatible server serving the fixture captures."""
-    async with FixtureUpstream() as server:
+async def upstream() -> AsyncIterator[FaultUpstream]:
+    """The local OpenAI-compatible server serving the fixture captures and injecting faults."""
+    async with FaultUpstream() as server:
         yield server
 
 
 @pytest.fixture
-async def start_service(upstream: FixtureUpstream) -> AsyncIterator[StartService]:
+async def start_service(upstream: FaultUpstream) -> AsyncIterator[StartService]:
     """Start services against `upstream` with setting overrides; all are stopped at the end of the test."""
     async with AsyncExitStack() as stack:
 

@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from service.embedded_http import EmbeddedHTTPServer
 
@@ -50,7 +50,7 @@ class FixtureUpstream:
         self._http = EmbeddedHTTPServer(self)
         self.base_url = ""
 
-    async def __aenter__(self) -> FixtureUpstream:
+    async def __aenter__(self) -> Self:
         port = await self._http.start()
         self.base_url = f"http://127.0.0.1:{port}/v1"
         return self
@@ -82,13 +82,19 @@ class FixtureUpstream:
         elif kind == "fresh":
             await self._stream(send, receive, [_refresh(event) for event in fixture_events(rest)], slow=False)
         else:
-            await _respond(send, 404, {"error": {"message": f"no such model {request.get('model')}"}})
+            await self.other(kind, rest, request, send, receive)
+
+    async def other(
+        self, kind: str, rest: str, request: dict[str, Any], send: Send, receive: Receive
+    ) -> None:
+        """A model this server does not know: 404 (subclasses add behaviours)."""
+        await respond(send, 404, {"error": {"message": f"no such model {request.get('model')}"}})
 
     async def _error(self, send: Send, rest: str) -> None:
         status, _, code = rest.partition("/")
         headers = [(b"retry-after-ms", b"1500")] if status == "429" else []
         error = {"message": f"scripted {status}", "type": "scripted", "param": None, "code": code or None}
-        await _respond(send, int(status), {"error": error}, headers)
+        await respond(send, int(status), {"error": error}, headers)
 
     async def _stream(
         self, send: Send, receive: Receive, events: list[bytes], *, slow: bool, stall: float = 0.0
@@ -96,7 +102,7 @@ class FixtureUpstream:
         self.streams_started += 1
         headers = [(b"content-type", b"text/event-stream"), (b"x-request-id", b"req_fixture")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        disconnected = asyncio.create_task(_wait_disconnect(receive))
+        disconnected = asyncio.create_task(wait_disconnect(receive))
         try:
             if slow:
                 for index, event in enumerate(events):
@@ -134,12 +140,12 @@ def _refresh(event: bytes) -> bytes:
     return re.sub(rb'"expires_at":\s*\d+', b'"expires_at":%d' % (time.time() + 3600), event)
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def wait_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
 
 
-async def _respond(
+async def respond(
     send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     payload = json.dumps(body).encode()

@@ -185,6 +185,11 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     """The upstream failed (5xx, unreachable, or an error in the middle of the stream)."""
     ERROR_CODE_UNAUTHENTICATED: _ErrorCode.ValueType  # 16
     """The upstream refused the gateway's credentials."""
+    ERROR_CODE_UPSTREAM_MALFORMED: _ErrorCode.ValueType  # 100
+    """The upstream sent something that is not the Chat Completions stream format (bad JSON, bad base64,
+    a field of the wrong type, half a sample). Retryable: the same request usually streams well again.
+    Numbers past 99 are audiochat's own codes; those below share the gRPC status numbers.
+    """
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """ErrorCode classifies a failed turn; the numbers are those of the gRPC status codes."""
@@ -205,6 +210,11 @@ ERROR_CODE_UNAVAILABLE: ErrorCode.ValueType  # 14
 """The upstream failed (5xx, unreachable, or an error in the middle of the stream)."""
 ERROR_CODE_UNAUTHENTICATED: ErrorCode.ValueType  # 16
 """The upstream refused the gateway's credentials."""
+ERROR_CODE_UPSTREAM_MALFORMED: ErrorCode.ValueType  # 100
+"""The upstream sent something that is not the Chat Completions stream format (bad JSON, bad base64,
+a field of the wrong type, half a sample). Retryable: the same request usually streams well again.
+Numbers past 99 are audiochat's own codes; those below share the gRPC status numbers.
+"""
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
 @_typing.final
