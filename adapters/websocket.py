@@ -90,6 +90,7 @@ class Session:
         self._turn_ended.set()
         self._muted = False  # interrupted: the rest of this turn's audio would never be heard
         self._last_activity = time.monotonic()
+        self._started = asyncio.Event()  # the core admitted the conversation
 
     async def run(self, *, authenticated: bool) -> None:
         """Authenticate if needed, then relay until either side ends; close with the table's code."""
@@ -98,7 +99,9 @@ class Session:
             return
         # gRPC's own task writes the requests from this queue: a write cancelled half-way can hang the call.
         requests: asyncio.Queue[pb.ConverseRequest] = asyncio.Queue(REQUEST_QUEUE)
-        call = self._edge.stub.Converse(_drain_queue(requests), metadata=transport_metadata("websocket"))
+        call = self._edge.stub.Converse(
+            _drain_queue(requests, self._started), metadata=transport_metadata("websocket")
+        )
         tasks = {
             asyncio.create_task(self._client_to_core(requests)),
             asyncio.create_task(self._core_to_client(call)),
@@ -219,6 +222,7 @@ class Session:
                 received_at = time.perf_counter()
                 self._last_activity = time.monotonic()
                 if response.HasField("started"):
+                    self._started.set()
                     started = {
                         "type": "conversation.started",
                         "conversation_id": response.started.conversation_id,
@@ -256,7 +260,14 @@ class Session:
         return None
 
 
-async def _drain_queue(requests: asyncio.Queue[pb.ConverseRequest]) -> AsyncIterator[pb.ConverseRequest]:
+async def _drain_queue(
+    requests: asyncio.Queue[pb.ConverseRequest], started: asyncio.Event
+) -> AsyncIterator[pb.ConverseRequest]:
+    yield await requests.get()
+    # Nothing more until the core admits the call: a refusal that arrives while a write is in flight
+    # reaches gRPC's client as "Internal error from Core" instead of RESOURCE_EXHAUSTED. Meanwhile
+    # the bounded queue holds what the client sends, and then back-pressures its socket.
+    await started.wait()
     while True:
         yield await requests.get()
 

@@ -12,11 +12,11 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing, nullcontext
 from dataclasses import dataclass
 
 from audiochat.v1 import audiochat_pb2 as pb
-from service.errors import InvalidInput, ShuttingDown, TurnFailed, WrongState
+from service.errors import InvalidInput, Overloaded, ShuttingDown, TurnFailed, UpstreamFailure, WrongState
 from service.normalizer import SAMPLE_RATE_HZ
 from service.turn import Turn
 from service.turn_input import (
@@ -91,6 +91,7 @@ class Conversation:
         limits: Limits,
         on_turn_end: Callable[[Turn], None],
         on_heard_part: Callable[[int], None] = lambda played_ms: None,
+        turn_slot: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self.conversation_id = f"conv_{uuid.uuid4().hex}"
         self.settings = resolve_settings(config.turn, defaults)
@@ -100,6 +101,7 @@ class Conversation:
         self._limits = limits
         self._on_turn_end = on_turn_end
         self._on_heard_part = on_heard_part
+        self._turn_slot = turn_slot  # held while a turn runs; raises Overloaded when none is free
         self._recording = Recording(bytearray())
         self._turn: Turn | None = None
         self._task: asyncio.Task[None] | None = None
@@ -167,22 +169,28 @@ class Conversation:
         self._task = asyncio.create_task(self._run(turn), name=turn.turn_id)
 
     async def _run(self, turn: Turn) -> None:
+        try:
+            with self._turn_slot():
+                await self._relay(turn)
+        except (TurnFailed, Overloaded) as exc:
+            # A refused turn is in-band here so that the conversation survives it.
+            failure = exc.failure if isinstance(exc, TurnFailed) else overloaded_failure(exc)
+            failed = turn.failed_before_start(failure)
+            await self.outbox.put((pb.ConverseResponse(event=failed), turn, turn.chunk_read_at))
+        self._remember(turn)
+        self._on_turn_end(turn)
+
+    async def _relay(self, turn: Turn) -> None:
         event: pb.TurnEvent | None = None
         try:
             async with aclosing(turn.events()) as events:
                 async for event in events:
                     await self.outbox.put((pb.ConverseResponse(event=event), turn, turn.chunk_read_at))
                     event = None
-        except TurnFailed as exc:
-            # A refused turn is in-band here so that the conversation survives it.
-            failed = turn.failed_before_start(exc.failure)
-            await self.outbox.put((pb.ConverseResponse(event=failed), turn, turn.chunk_read_at))
         except asyncio.CancelledError:
             if event is not None:
                 self.outbox.put_now((pb.ConverseResponse(event=event), turn, turn.chunk_read_at))
             raise
-        self._remember(turn)
-        self._on_turn_end(turn)
 
     async def _stop_turn(self, played_ms: int | None) -> bool:
         """Interrupt the running turn, if any; True if one was running."""
@@ -256,6 +264,11 @@ class Conversation:
         if self._task is not None and not self._task.done():
             self._task.cancel()
             await asyncio.wait([self._task])
+
+
+def overloaded_failure(exc: Overloaded) -> UpstreamFailure:
+    """A turn refused by our own limit, as an in-band, retryable turn error with its delay."""
+    return UpstreamFailure(pb.ERROR_CODE_RESOURCE_EXHAUSTED, exc.message, True, exc.retry_after_ms)
 
 
 def heard_part(transcript: str, played_ms: int, audio_ms: int) -> str:

@@ -69,6 +69,10 @@ EDGE_RELAY_ADDED = Histogram(
     buckets=RELAY_BUCKETS,
 )
 ACTIVE_STREAMS = Gauge("audiochat_active_streams", "Calls being served now.", ["transport"])
+RUNNING_TURNS = Gauge(
+    "audiochat_running_turns", "Turns running now, each holding an upstream stream.", ["transport"]
+)
+OPEN_CONVERSATIONS = Gauge("audiochat_open_conversations", "Converse calls open now.", ["transport"])
 TURNS = Counter("audiochat_turns_total", "Turns by how they ended.", ["transport", "outcome"])
 INTERRUPTIONS = Counter("audiochat_interruptions_total", "Answers stopped by the client.", ["transport"])
 AUDIO_SECONDS = Counter("audiochat_audio_seconds_total", "Seconds of audio relayed.", ["direction"])
@@ -105,6 +109,8 @@ class TransportMetrics:
     relay_added: Histogram
     edge_relay_added: Histogram
     active: Gauge
+    running: Gauge
+    conversations: Gauge
     interruptions: Counter
     transport: str
 
@@ -118,6 +124,8 @@ def for_transport(transport: str) -> TransportMetrics:
         relay_added=RELAY_ADDED.labels(transport),
         edge_relay_added=EDGE_RELAY_ADDED.labels(transport),
         active=ACTIVE_STREAMS.labels(transport),
+        running=RUNNING_TURNS.labels(transport),
+        conversations=OPEN_CONVERSATIONS.labels(transport),
         interruptions=INTERRUPTIONS.labels(transport),
         transport=transport,
     )

@@ -47,7 +47,11 @@ class AudioChatServer:
     def __init__(self, settings: Settings, upstream: Upstream) -> None:
         self.settings = settings
         self.servicer = AudioChatServicer(
-            upstream, defaults=settings.defaults, limits=settings.limits, max_streams=settings.max_streams
+            upstream,
+            defaults=settings.defaults,
+            limits=settings.limits,
+            max_streams=settings.max_streams,
+            max_conversations=settings.max_conversations,
         )
         self.health = health.aio.HealthServicer()
         self._server = grpc.aio.server(options=server_options(settings))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
@@ -12,6 +13,7 @@ import grpc
 from audiochat.v1 import audiochat_pb2 as pb
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
 from service import metrics, observe
+from service.admission import DEFAULT_MAX_CONVERSATIONS, Admission
 from service.conversation import Conversation
 from service.errors import Overloaded, ShuttingDown, TurnFailed, WrongState, abort
 from service.turn import Turn
@@ -19,6 +21,7 @@ from service.turn_input import Defaults, Limits, history_entries, resolve_settin
 from service.upstream import Upstream
 
 ServicerContext = grpc.aio.ServicerContext[object, object]
+REFUSAL_LINGER_SECONDS = 0.25  # at most this long a refused conversation's client may finish writing
 
 
 def transport_of(context: ServicerContext) -> str:
@@ -32,26 +35,39 @@ def transport_of(context: ServicerContext) -> str:
 class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
     """Implements StreamTurn and Converse over one upstream."""
 
-    def __init__(self, upstream: Upstream, *, defaults: Defaults, limits: Limits, max_streams: int) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        *,
+        defaults: Defaults,
+        limits: Limits,
+        max_streams: int,
+        max_conversations: int = DEFAULT_MAX_CONVERSATIONS,
+    ) -> None:
         self._upstream = upstream
         self._defaults = defaults
         self._limits = limits
-        self._max_streams = max_streams
+        self.admission = Admission(max_turns=max_streams, max_conversations=max_conversations)
         self._active = 0
         self._conversations: set[Conversation] = set()
-        self.draining = False
+
+    @property
+    def draining(self) -> bool:
+        """Whether a drain has started (new calls are refused UNAVAILABLE)."""
+        return self.admission.draining
 
     @property
     def active_streams(self) -> int:
         """Calls being served now."""
         return self._active
 
+    @property
+    def running_turns(self) -> int:
+        """Turns running now (StreamTurn calls and conversations' turns)."""
+        return self.admission.running_turns
+
     @contextmanager
-    def _admit(self, meter: metrics.TransportMetrics) -> Iterator[None]:
-        if self.draining:
-            raise ShuttingDown("the server is shutting down; retry on another instance")
-        if self._active >= self._max_streams:
-            raise Overloaded(f"the server is at its limit of {self._max_streams} concurrent streams")
+    def _serving(self, meter: metrics.TransportMetrics) -> Iterator[None]:
         self._active += 1
         meter.active.inc()
         try:
@@ -67,7 +83,8 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         transport = transport_of(context)
         meter = metrics.for_transport(transport)
         try:
-            with self._admit(meter):
+            self.admission.refuse_if_draining()
+            with self.admission.turn(meter.running), self._serving(meter):
                 turn = Turn(
                     upstream=self._upstream,
                     settings=resolve_settings(request.config, self._defaults),
@@ -99,10 +116,12 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         transport = transport_of(context)
         meter = metrics.for_transport(transport)
         try:
-            with self._admit(meter):
-                first = await anext(aiter(request_iterator), None)
-                if first is None:
-                    return
+            # Admitted after its config, so that a client that waits for ConversationStarted is never
+            # writing when it is refused (see _linger).
+            first = await anext(aiter(request_iterator), None)
+            if first is None:
+                return
+            with self.admission.conversation(meter.conversations), self._serving(meter):
                 if first.WhichOneof("request") != "config":
                     raise WrongState("the first message of a conversation must be its config")
                 conversation = Conversation(
@@ -112,6 +131,7 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                     limits=self._limits,
                     on_turn_end=lambda turn: observe.turn_finished(turn, transport, time.perf_counter()),
                     on_heard_part=lambda played_ms: observe.interrupted_after_end(meter, played_ms),
+                    turn_slot=lambda: self.admission.turn(meter.running),
                 )
                 self._conversations.add(conversation)
                 try:
@@ -120,6 +140,9 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                     self._conversations.discard(conversation)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
+        except (Overloaded, ShuttingDown) as exc:
+            await _linger(request_iterator)
+            await abort(context, exc)
         except Exception as exc:
             await abort(context, exc)
 
@@ -147,8 +170,21 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
 
     async def drain(self) -> None:
         """Stop taking calls; let each conversation finish its answer, then end it with UNAVAILABLE."""
-        self.draining = True
+        self.admission.draining = True
         await asyncio.gather(*(conversation.drain() for conversation in list(self._conversations)))
+
+
+async def _linger(requests: AsyncIterator[pb.ConverseRequest]) -> None:
+    """Before refusing a call, let the client finish writing (up to REFUSAL_LINGER_SECONDS).
+
+    A status that arrives while the client's gRPC library still writes is lost to the client: the failed
+    write reports INTERNAL "Internal error from Core" instead of RESOURCE_EXHAUSTED or UNAVAILABLE. The
+    refused client waits its retry delay anyway, so telling it a moment later costs nothing.
+    """
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(REFUSAL_LINGER_SECONDS):
+            async for _ in requests:
+                pass
 
 
 async def _read_requests(requests: AsyncIterator[pb.ConverseRequest], conversation: Conversation) -> None:

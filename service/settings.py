@@ -24,7 +24,8 @@ class Settings:
     http_port: int = 8080
     metrics_port: int = 9090
     drain_seconds: float = 25.0
-    max_streams: int = 1000
+    max_streams: int = 1000  # running turns (StreamTurn calls and conversations' turns)
+    max_conversations: int = 10_000  # open Converse calls, idle or not
     max_message_bytes: int = 16 * 1024 * 1024
     max_connection_age_seconds: float = 0.0
     # gRPC keepalive, one policy for both ends: the edge's channel (and the core) ping every
@@ -85,8 +86,10 @@ class Settings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ValueError(f"{name} must be a port number, not {port}")
-        if self.max_streams < 1 or self.max_message_bytes < 1024:
-            raise ValueError("max_streams must be positive and max_message_bytes at least 1024")
+        if self.max_streams < 1 or self.max_conversations < 1 or self.max_message_bytes < 1024:
+            raise ValueError(
+                "max_streams and max_conversations must be positive and max_message_bytes at least 1024"
+            )
         if not 0 < self.keepalive_min_ping_seconds <= self.keepalive_seconds:
             raise ValueError(
                 "AUDIOCHAT_KEEPALIVE_MIN_PING_SECONDS must be positive and at most"

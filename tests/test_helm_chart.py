@@ -580,6 +580,7 @@ def test_tuned_values_reach_the_pods(render: Callable[[dict[str, Any]], dict[str
         "AUDIOCHAT_VOICE": "verse",
         "AUDIOCHAT_LOG_LEVEL": "debug",
         "AUDIOCHAT_MAX_STREAMS": "250",
+        "AUDIOCHAT_MAX_CONVERSATIONS": "4000",
         "AUDIOCHAT_MAX_MESSAGE_BYTES": "33554432",
         "AUDIOCHAT_DRAIN_SECONDS": "120",
         "AUDIOCHAT_MAX_CONNECTION_AGE_SECONDS": "900",
