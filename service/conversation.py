@@ -1,5 +1,9 @@
 """One Converse call: buffers push-to-talk audio, runs one turn at a time, keeps the history.
 
+An answer that calls tools waits for one tool_result per call; the last result starts the continuation
+(a turn with no new user input). An interrupt or a new input before then cancels it: the calls and the
+results so far leave the history (the upstream refuses a call without its result), the speech stays.
+
 The client's messages are handled in arrival order by `handle`; turn events flow out through `outbox`,
 bounded so a slow reader slows the upstream read instead of growing memory. An event the upstream
 produced is never dropped: a turn interrupted while its next event waits for room still delivers it,
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from audiochat.v1 import audiochat_pb2 as pb
 from service.errors import InvalidInput, Overloaded, ShuttingDown, TurnFailed, UpstreamFailure, WrongState
 from service.normalizer import SAMPLE_RATE_HZ
+from service.tool_input import CalledTool, PendingCalls, ToolEntry
 from service.turn import Turn
 from service.turn_input import (
     AssistantEntry,
@@ -109,6 +114,7 @@ class Conversation:
             None  # (history index, audio ms) of the last spoken answer
         )
         self._draining = False
+        self._pending = PendingCalls()
 
     async def handle(self, request: pb.ConverseRequest) -> None:
         """Apply one client message."""
@@ -121,10 +127,10 @@ class Conversation:
             await self._commit(request.commit)
         elif kind == "interrupt":
             await self._interrupt(request.interrupt.played_ms)
+        elif kind == "tool_result":
+            await self._tool_result(request.tool_result)
         elif kind == "clear_audio":
             self._recording = Recording(bytearray())
-        elif kind == "tool_result":
-            raise InvalidInput("tool_result is not supported by this server yet")
         elif kind == "config":
             raise WrongState("config is only accepted as the first message of a conversation")
         else:
@@ -154,10 +160,40 @@ class Conversation:
             raise InvalidInput("empty turn: commit without audio or text")
         await self._start(user_entry(message, self._limits, required=True))
 
+    async def _tool_result(self, result: pb.ToolResult) -> None:
+        task, turn = self._task, self._turn
+        if task is not None and turn is not None and not task.done():
+            if not turn.finished:
+                raise WrongState("tool_result: send results after the answer's TurnCompleted lists its calls")
+            await asyncio.wait([task])  # its TurnCompleted is out; the calls are recorded when it ends
+        if len(result.content) > self._limits.max_text_chars:
+            raise TooLarge(
+                f"tool_result.content is over the limit of {self._limits.max_text_chars} characters"
+            )
+        self._pending.answer(result.tool_call_id, "tool_result")
+        self.history.append(ToolEntry(result.tool_call_id, result.content))
+        if not self._pending.waiting:
+            self._pending.clear()
+            await self._start(UserEntry("", None))  # the continuation: the model reads the results
+
+    def _cancel_tool_calls(self) -> None:
+        """Drop calls still waiting for results, and the results so far, from the history."""
+        if not self._pending.waiting:
+            return
+        del self.history[len(self.history) - self._pending.answered :]
+        calling = self.history.pop()
+        if isinstance(calling, AssistantEntry) and (calling.text or calling.audio_id):
+            # Same index as before, so what _last_answer says about the spoken part still holds.
+            self.history.append(AssistantEntry(calling.text, calling.audio_id, calling.audio_expires_at))
+        else:
+            self._last_answer = None
+        self._pending.clear()
+
     async def _start(self, user: UserEntry) -> None:
         if self._draining:
             raise ShuttingDown("the server is shutting down; reconnect to continue the conversation")
         await self._stop_turn(played_ms=None)
+        self._cancel_tool_calls()
         turn = Turn(
             upstream=self._upstream,
             settings=self.settings,
@@ -210,6 +246,7 @@ class Conversation:
     async def _interrupt(self, played_ms: int) -> None:
         if await self._stop_turn(played_ms):
             return
+        self._cancel_tool_calls()
         # The answer had fully arrived but the listener stopped it: forget what they never heard.
         if self._last_answer is not None:
             index, audio_ms = self._last_answer
@@ -223,7 +260,8 @@ class Conversation:
         completion = turn.completion
         if completion is None or completion.reason == pb.FINISH_REASON_ERROR:
             return  # A failed turn is retried by the user; keeping it would duplicate their message.
-        self.history.append(turn.user)
+        if turn.user.text or turn.user.audio is not None:  # a continuation has no new input
+            self.history.append(turn.user)
         audio_ms = completion.audio_samples * 1000 // SAMPLE_RATE_HZ
         if completion.reason == pb.FINISH_REASON_INTERRUPTED:
             text = heard_part(completion.transcript, completion.played_ms, audio_ms)
@@ -231,9 +269,11 @@ class Conversation:
                 self.history.append(AssistantEntry(text))
             self._last_answer = None
         else:
+            calls = tuple(CalledTool(call.id, call.name, call.arguments) for call in completion.tool_calls)
             self.history.append(
-                AssistantEntry(completion.transcript, completion.audio_id, completion.audio_expires_at)
+                AssistantEntry(completion.transcript, completion.audio_id, completion.audio_expires_at, calls)
             )
+            self._pending.expect(calls)
             self._last_answer = (len(self.history) - 1, audio_ms) if audio_ms else None
         self._forget_old_recordings()
 

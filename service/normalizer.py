@@ -8,6 +8,7 @@ It owns every quirk of the upstream stream (see the wire-format notes in the REA
 - the last audio chunk may hold only `expires_at`, with or without any `finish_reason`, in either order;
 - the usage chunk has empty `choices`; unknown fields are ignored;
 - text-only answers arrive in `delta.content`, spoken ones in `delta.audio.transcript`;
+- tool calls arrive in `delta.tool_calls` pieces keyed by `index`, possibly after speech (service.tool_calls);
 - an `{"error": ...}` frame may arrive after a 200, and the stream may end without `[DONE]`;
 - anything else that breaks the format (bad base64, a field of the wrong type, half a sample at the end)
   ends the turn with `upstream_malformed`: the listener is told audio is missing, never handed a clean stop;
@@ -20,12 +21,13 @@ from __future__ import annotations
 import binascii
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from audiochat.v1 import audiochat_pb2 as pb
 from service import usage as service_usage
 from service.errors import turn_error_from_stream_frame
+from service.tool_calls import ToolCallFolder
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class Outcome:
     audio_expires_at: int
     audio_samples: int
     error: pb.TurnError | None = None
+    tool_calls: list[pb.ToolCall] = field(default_factory=list)
 
 
 class MalformedChunk(ValueError):
@@ -81,6 +84,7 @@ class Normalizer:
         "_max_audio_bytes",
         "_next_sample",
         "_text_pieces",
+        "_tools",
         "usage",
     )
 
@@ -96,6 +100,7 @@ class Normalizer:
         self._carry = b""
         self._finish_reason: str | None = None
         self._error: pb.TurnError | None = None
+        self._tools = ToolCallFolder()
         self.usage: pb.Usage | None = None
 
     @property
@@ -156,6 +161,10 @@ class Normalizer:
             if text:
                 self._text_pieces.append(text)
                 deltas.append(pb.TurnEvent(text=pb.TextDelta(text=text, source=pb.TEXT_SOURCE_CONTENT)))
+        tool_calls = _typed(delta, "tool_calls", list)
+        if tool_calls:
+            # Past its bounds the folder raises ToolCallOverflow (a ValueError): upstream_malformed, like any break.
+            deltas.extend(pb.TurnEvent(tool_call=piece) for piece in self._tools.feed(tool_calls))
         audio = _typed(delta, "audio", Mapping)
         if not audio:
             return
@@ -219,6 +228,7 @@ class Normalizer:
             audio_expires_at=self._expires_at,
             audio_samples=self._next_sample,
             error=error,
+            tool_calls=self._tools.calls() if error is None else [],
         )
 
     def transcript(self) -> str:

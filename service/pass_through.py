@@ -28,9 +28,9 @@ OWNED: dict[str, str] = {
     "stream_options": "the gateway sets stream_options (it needs the usage chunk)",
     "modalities": "set TurnConfig.modalities",
     "audio": "set TurnConfig.voice and output_audio_format",
-    "tools": "tools are not relayed yet",
-    "tool_choice": "tools are not relayed yet",
-    "parallel_tool_calls": "tools are not relayed yet",
+    "tools": "set TurnConfig.tools",
+    "tool_choice": "set TurnConfig.tool_choice",
+    "parallel_tool_calls": "set TurnConfig.parallel_tool_calls",
 }
 
 # What the model would act on while the gateway drops what it sends back. `None` values are the

@@ -17,7 +17,7 @@ from service.admission import DEFAULT_MAX_CONVERSATIONS, Admission
 from service.conversation import Conversation
 from service.errors import Overloaded, ShuttingDown, TurnFailed, WrongState, abort
 from service.turn import Turn
-from service.turn_input import Defaults, Limits, history_entries, resolve_settings, user_entry
+from service.turn_input import Defaults, Limits, history_entries, resolve_settings, turn_user_entry
 from service.upstream import Upstream
 
 ServicerContext = grpc.aio.ServicerContext[object, object]
@@ -85,11 +85,12 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         try:
             self.admission.refuse_if_draining()
             with self.admission.turn(meter.running), self._serving(meter):
+                history = history_entries(request.history, self._limits)
                 turn = Turn(
                     upstream=self._upstream,
                     settings=resolve_settings(request.config, self._defaults),
-                    history=history_entries(request.history, self._limits),
-                    user=user_entry(request.input, self._limits, required=True),
+                    history=history,
+                    user=turn_user_entry(request.input, history, self._limits),
                     max_audio_delta_bytes=self._limits.max_audio_delta_bytes,
                 )
                 try:

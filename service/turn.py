@@ -116,6 +116,7 @@ class Turn:
             audio_samples=outcome.audio_samples,
             played_ms=played_ms,
             error=outcome.error,
+            tool_calls=outcome.tool_calls,
         )
         return self._number(pb.TurnEvent(completed=self.completion))
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from audiochat.v1 import audiochat_pb2 as pb
 from service.audio import AudioFormatError, mp3_duration_seconds, parse_wav, wrap_pcm16_as_wav
-from service.errors import InvalidInput
+from service.errors import InvalidInput, WrongState
 from service.pass_through import check_params, parse_extra_body
+from service.tool_input import CalledTool, PendingCalls, ToolEntry, called_tools, tool_params
 
 STREAMED_SAMPLE_RATE_HZ = 24_000
 MIN_PCM_SAMPLE_RATE_HZ = 8_000
@@ -59,6 +60,8 @@ class TurnSettings:
     temperature: float | None
     # Extra upstream parameters, forwarded as written (checked by service.pass_through).
     extra_body: Mapping[str, Any] = field(default_factory=dict)
+    # The upstream's tools, tool_choice and parallel_tool_calls, as the client set them (service.tool_input).
+    tools: dict[str, Any] = field(default_factory=dict)
 
     @property
     def speaks(self) -> bool:
@@ -90,9 +93,10 @@ class AssistantEntry:
     text: str
     audio_id: str = ""
     audio_expires_at: int = 0
+    tool_calls: tuple[CalledTool, ...] = ()
 
 
-Entry = UserEntry | AssistantEntry
+Entry = UserEntry | AssistantEntry | ToolEntry
 
 
 def resolve_settings(config: pb.TurnConfig, defaults: Defaults) -> TurnSettings:
@@ -111,9 +115,6 @@ def resolve_settings(config: pb.TurnConfig, defaults: Defaults) -> TurnSettings:
     temperature = shortest_float32(config.temperature) if config.HasField("temperature") else None
     if temperature is not None and not (0.0 <= temperature <= 2.0 and math.isfinite(temperature)):
         raise InvalidInput("temperature must be between 0 and 2", "config.temperature")
-    if config.tools or config.HasField("tool_choice") or config.HasField("parallel_tool_calls"):
-        # The contract has landed before the relay: refuse rather than answer as if tools were offered.
-        raise InvalidInput("tools are not supported by this server yet")
     max_tokens = config.max_output_tokens if config.HasField("max_output_tokens") else None
     if max_tokens == 0:
         raise InvalidInput("max_output_tokens must be positive when set", "config.max_output_tokens")
@@ -128,6 +129,7 @@ def resolve_settings(config: pb.TurnConfig, defaults: Defaults) -> TurnSettings:
         max_output_tokens=max_tokens,
         temperature=temperature,
         extra_body=extra_body,
+        tools=tool_params(config),
     )
 
 
@@ -204,24 +206,44 @@ def user_entry(message: pb.UserMessage, limits: Limits, *, required: bool) -> Us
     return UserEntry(text=message.text, audio=audio)
 
 
+def turn_user_entry(message: pb.UserMessage, history: Sequence[Entry], limits: Limits) -> UserEntry:
+    """Validate a turn's new input: it may be empty only to continue after the history's tool results."""
+    continues = bool(history) and isinstance(history[-1], ToolEntry)
+    return user_entry(message, limits, required=not continues)
+
+
 def history_entries(items: Iterable[pb.HistoryItem], limits: Limits) -> list[Entry]:
-    """Validate a client-supplied history, oldest first."""
+    """Validate a client-supplied history, oldest first; every tool call must have its result, right after."""
     entries: list[Entry] = []
-    for item in items:
+    pending = PendingCalls()
+    for index, item in enumerate(items):
         if len(entries) >= limits.max_history_items:
             raise TooLarge(f"history is over the limit of {limits.max_history_items} messages")
+        where = f"history[{index}]"
         which = item.WhichOneof("message")
+        if which != "tool_result":
+            pending.require_answered(where)
         if which == "user":
             entries.append(user_entry(item.user, limits, required=False))
         elif which == "assistant":
             assistant = item.assistant
-            if assistant.tool_calls:
-                raise InvalidInput("assistant tool_calls are not supported by this server yet")
-            if not assistant.text and not assistant.audio_id:
-                raise InvalidInput("an assistant history message needs text or an audio_id")
-            entries.append(AssistantEntry(assistant.text, assistant.audio_id, assistant.audio_expires_at))
+            calls = called_tools(assistant.tool_calls, f"{where}.assistant")
+            if not assistant.text and not assistant.audio_id and not calls:
+                raise InvalidInput(f"{where}: an assistant message needs text, an audio_id or tool_calls")
+            pending.expect(calls)
+            entries.append(
+                AssistantEntry(assistant.text, assistant.audio_id, assistant.audio_expires_at, calls)
+            )
         elif which == "tool_result":
-            raise InvalidInput("tool_result history items are not supported by this server yet")
+            result = item.tool_result
+            if len(result.content) > limits.max_text_chars:
+                raise TooLarge(f"{where}.tool_result.content is over the limit of {limits.max_text_chars}")
+            try:
+                pending.answer(result.tool_call_id, f"{where}.tool_result")
+            except WrongState as exc:  # out of place in a history is malformed input, not a state
+                raise InvalidInput(str(exc)) from None
+            entries.append(ToolEntry(result.tool_call_id, result.content))
         else:
-            raise InvalidInput("a history item must be a user or an assistant message")
+            raise InvalidInput(f"{where}: a history item must be a user, assistant or tool_result message")
+    pending.require_answered("history")
     return entries

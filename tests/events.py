@@ -29,6 +29,7 @@ class Collected:
     audio: bytearray = field(default_factory=bytearray)
     usage: pb.Usage | None = None
     completed: pb.TurnCompleted | None = None
+    tool_calls: dict[int, pb.ToolCall] = field(default_factory=dict)  # folded from ToolCallDelta by index
 
     def add(self, event: pb.TurnEvent) -> None:
         """Fold one event, checking numbering as it goes."""
@@ -44,6 +45,13 @@ class Collected:
             self.audio += event.audio.data
         elif kind == "usage":
             self.usage = event.usage
+        elif kind == "tool_call":
+            delta = event.tool_call
+            call = self.tool_calls.setdefault(delta.index, pb.ToolCall())
+            assert not (delta.id and call.id), "a call's id arrives on its first piece only"
+            call.id = delta.id or call.id
+            call.name = delta.name or call.name
+            call.arguments += delta.arguments
         elif kind == "completed":
             self.completed = event.completed
 
@@ -63,8 +71,15 @@ class Collected:
         assert self.sha256 == want["audio_sha256"]
         assert done.audio_id == (want["audio_id"] or "")
         assert done.audio_expires_at == (want["expires_at"] or 0)
-        reason = {"stop": pb.FINISH_REASON_STOP, "error": pb.FINISH_REASON_ERROR}[want["finish_reason"]]
+        reason = {
+            "stop": pb.FINISH_REASON_STOP,
+            "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
+            "error": pb.FINISH_REASON_ERROR,
+        }[want["finish_reason"]]
         assert done.reason == reason
+        want_calls = want.get("tool_calls") or []
+        assert [call_json(call) for call in done.tool_calls] == want_calls
+        assert [call_json(self.tool_calls[i]) for i in sorted(self.tool_calls)] == want_calls
         if want["usage"] is None:
             assert self.usage is None
         else:
@@ -75,6 +90,11 @@ class Collected:
         else:
             assert done.error.upstream_code == want["error"]["type"]
             assert done.error.code == pb.ERROR_CODE_UNAVAILABLE and done.error.retryable
+
+
+def call_json(call: pb.ToolCall) -> dict[str, str]:
+    """A ToolCall as the captures' expected results write it."""
+    return {"id": call.id, "name": call.name, "arguments": call.arguments}
 
 
 def text_request(model: str, text: str = "Is a golden retriever a good family dog?") -> pb.StreamTurnRequest:

@@ -21,7 +21,12 @@ from service.usage import to_upstream as usage_to_upstream
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
 CAPTURES = sorted(p.name.removesuffix(".sse") for p in FIXTURES.glob("*.sse"))
-REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH, "error": pb.FINISH_REASON_ERROR}
+REASONS = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
+    "error": pb.FINISH_REASON_ERROR,
+}
 
 
 def decode(pieces: Iterable[bytes]) -> tuple[list[Mapping[str, Any]], bool]:
@@ -67,7 +72,10 @@ def check_against_expected(name: str, events: list[pb.TurnEvent], outcome: Outco
     assert outcome.reason == REASONS[expected["finish_reason"]]
     sources = {e.text.source for e in events if e.HasField("text")}
     want = pb.TEXT_SOURCE_TRANSCRIPT if expected["modality"] == "audio" else pb.TEXT_SOURCE_CONTENT
-    assert sources == {want}
+    assert sources == ({want} if expected["text"] else set())
+    want_calls = expected.get("tool_calls") or []
+    assert [call_json(c) for c in outcome.tool_calls] == want_calls
+    assert [call_json(c) for c in fold_tool_deltas(events)] == want_calls
     usages = [e.usage for e in events if e.HasField("usage")]
     if expected["usage"] is None:
         assert usages == []
@@ -79,6 +87,27 @@ def check_against_expected(name: str, events: list[pb.TurnEvent], outcome: Outco
         assert outcome.error is not None
         assert outcome.error.upstream_code == expected["error"]["type"]
         assert outcome.error.retryable
+
+
+def call_json(call: pb.ToolCall) -> dict[str, str]:
+    return {"id": call.id, "name": call.name, "arguments": call.arguments}
+
+
+def fold_tool_deltas(events: list[pb.TurnEvent]) -> list[pb.ToolCall]:
+    """Rebuild the calls from ToolCallDelta events as a client would: id and name set, arguments appended."""
+    calls: dict[int, pb.ToolCall] = {}
+    for event in events:
+        if event.HasField("tool_call"):
+            delta = event.tool_call
+            call = calls.setdefault(delta.index, pb.ToolCall())
+            if delta.id:
+                assert not call.id, "a call's id arrives once"
+                call.id = delta.id
+            if delta.name:
+                assert not call.name, "a call's name arrives once"
+                call.name = delta.name
+            call.arguments += delta.arguments
+    return [calls[index] for index in sorted(calls)]
 
 
 def check_sample_placement(events: list[pb.TurnEvent]) -> None:
@@ -209,3 +238,90 @@ def test_sse_decoder_handles_crlf_comments_and_multiline_data() -> None:
     events = decoder.feed(b': keep-alive\r\nevent: x\r\ndata: {"a":\r\ndata: 1}\r\n\r\ndata: [DONE]')
     assert events == [b'{"a":\n1}']
     assert decoder.close() == [DONE]
+
+
+def tool_chunk(*pieces: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"tool_calls": list(pieces)}, "finish_reason": finish_reason}]}
+
+
+def first_piece(index: int, call_id: str, name: str) -> dict[str, Any]:
+    return {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+
+
+def args_piece(index: int, arguments: str) -> dict[str, Any]:
+    return {"index": index, "function": {"arguments": arguments}}
+
+
+def test_interleaved_calls_are_folded_by_index_not_arrival() -> None:
+    chunks = [
+        tool_chunk(first_piece(1, "call_B", "get_time")),
+        tool_chunk(first_piece(0, "call_A", "get_weather"), args_piece(1, '{"tz":"Eur')),
+        tool_chunk(args_piece(0, '{"city":"Pa')),
+        tool_chunk(args_piece(1, 'ope/Paris"}')),
+        tool_chunk(args_piece(0, 'ris \\u00e9t\\u00e9"}')),
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    events, outcome = normalize(chunks, saw_done=True)
+    want = [
+        {"id": "call_A", "name": "get_weather", "arguments": '{"city":"Paris \\u00e9t\\u00e9"}'},
+        {"id": "call_B", "name": "get_time", "arguments": '{"tz":"Europe/Paris"}'},
+    ]
+    assert outcome.reason == pb.FINISH_REASON_TOOL_CALLS
+    assert [call_json(c) for c in outcome.tool_calls] == want
+    assert [call_json(c) for c in fold_tool_deltas(events)] == want
+    # One event per piece, in arrival order: a client sees the calls being written as they are.
+    assert [e.tool_call.index for e in events] == [1, 0, 1, 0, 1, 0]
+
+
+def test_speech_before_the_call_is_kept() -> None:
+    pcm = bytes(range(10))
+    chunks = [
+        audio_chunk(id="audio_P", transcript="Let me"),
+        audio_chunk(transcript=" check."),
+        audio_chunk(id="audio_P", data=base64.b64encode(pcm).decode()),
+        audio_chunk(expires_at=1234),
+        tool_chunk(first_piece(0, "call_W", "get_weather")),
+        tool_chunk(args_piece(0, '{"city":"Oslo"}')),
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    events, outcome = normalize(chunks, saw_done=True)
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds == ["text", "text", "audio", "tool_call", "tool_call"]
+    assert audio_of(events) == pcm
+    assert (outcome.transcript, outcome.audio_id, outcome.audio_expires_at) == (
+        "Let me check.",
+        "audio_P",
+        1234,
+    )
+    assert outcome.reason == pb.FINISH_REASON_TOOL_CALLS
+    assert [call_json(c) for c in outcome.tool_calls] == [
+        {"id": "call_W", "name": "get_weather", "arguments": '{"city":"Oslo"}'}
+    ]
+
+
+def test_calls_without_index_or_with_repeated_ids_as_some_compatible_servers_send() -> None:
+    chunks = [
+        tool_chunk({"id": "call_1", "function": {"name": "a", "arguments": "{}"}}),
+        tool_chunk({"id": "call_2", "function": {"name": "b", "arguments": '{"x":'}}),
+        tool_chunk({"id": "call_2", "function": {"name": "b", "arguments": "1}"}}),
+        tool_chunk({"function": {"arguments": ""}}, finish_reason="tool_calls"),
+    ]
+    _, outcome = normalize(chunks, saw_done=True)
+    assert [call_json(c) for c in outcome.tool_calls] == [
+        {"id": "call_1", "name": "a", "arguments": "{}"},
+        {"id": "call_2", "name": "b", "arguments": '{"x":1}'},
+    ]
+
+
+def test_too_many_tool_calls_fail_the_turn_instead_of_growing() -> None:
+    from service.tool_calls import MAX_TOOL_CALLS
+
+    normalizer = Normalizer()
+    for index in range(MAX_TOOL_CALLS + 1):
+        normalizer.feed(tool_chunk(first_piece(index, f"call_{index}", "f")))
+        if normalizer.failed:
+            break
+    assert normalizer.failed
+    outcome = normalizer.finish(saw_done=True)
+    assert outcome.reason == pb.FINISH_REASON_ERROR and outcome.tool_calls == []
+    assert outcome.error is not None and str(MAX_TOOL_CALLS) in outcome.error.message

@@ -5,7 +5,9 @@ The request's `model` picks the behaviour, so a test reads as what it asks for:
 - `slow/NAME`: the same capture, one event every `SLOW_EVENT_SECONDS`, so a test can cancel mid-answer;
 - `fresh/NAME`: the same capture as if recorded now: its `expires_at` is an hour from now;
 - `stall/SECONDS/NAME`: the capture's first event, then silence for SECONDS, then the rest;
-- `status/CODE/ERROR_CODE`: an HTTP error in OpenAI's shape (429 carries `retry-after-ms: 1500`).
+- `status/CODE/ERROR_CODE`: an HTTP error in OpenAI's shape (429 carries `retry-after-ms: 1500`);
+- `toolcall/NAME`: the `tool_call` capture, or, once the last message is a tool result, the capture NAME
+  (a model that calls a tool, then speaks about its result).
 Every request body is recorded, and so is each stream the client closed before the end.
 """
 
@@ -79,6 +81,10 @@ class FixtureUpstream:
         elif kind == "stall":
             seconds, _, name = rest.partition("/")
             await self._stream(send, receive, fixture_events(name), slow=True, stall=float(seconds))
+        elif kind == "toolcall":
+            messages = request.get("messages") or [{}]
+            answer = rest if messages[-1].get("role") == "tool" else "tool_call"
+            await self._stream(send, receive, fixture_events(answer), slow=False)
         elif kind == "fresh":
             await self._stream(send, receive, [_refresh(event) for event in fixture_events(rest)], slow=False)
         else:
