@@ -32,6 +32,7 @@ from adapters.status import (
     shutting_down,
     unauthenticated,
 )
+from adapters.tool_json import call_json
 from audiochat.v1 import audiochat_pb2 as pb
 from service import metrics
 from service.audio import wrap_pcm16_as_wav
@@ -125,6 +126,11 @@ async def _stream(
                     else:
                         yield wire.sse_event(wire.content_chunk(ident, event.text.text))
                     relay.observe(time.perf_counter() - received_at)
+                elif kind == "tool_call":
+                    yield wire.sse_event(
+                        wire.chunk(ident, {"tool_calls": [_tool_call_piece(event.tool_call)]})
+                    )
+                    relay.observe(time.perf_counter() - received_at)
                 elif kind == "usage":
                     usage = event.usage
                 elif kind == "completed":
@@ -140,6 +146,14 @@ async def _stream(
             )
         finally:
             call.cancel()  # a client that went away ends the turn upstream at once
+
+
+def _tool_call_piece(delta: pb.ToolCallDelta) -> wire.Json:
+    """A piece of delta.tool_calls as the upstream writes it: the first with id, type and name."""
+    if not delta.id:
+        return {"index": delta.index, "function": {"arguments": delta.arguments}}
+    function = {"name": delta.name, "arguments": delta.arguments}
+    return {"index": delta.index, "id": delta.id, "type": "function", "function": function}
 
 
 def _ending(
@@ -184,10 +198,14 @@ async def _whole(call: Any, parsed: CompatRequest, ident: wire.StreamIdentity) -
         return error_response(edge_error("internal", "the turn ended without completing", 500, 1011))
     if done.reason == pb.FINISH_REASON_ERROR:
         return error_response(from_turn_error(done.error))
-    if parsed.wants_audio:
+    if parsed.wants_audio and (done.audio_id or audio):
         data = wrap_pcm16_as_wav(bytes(audio)) if parsed.audio_format == "wav" else bytes(audio)
         message = wire.audio_message(done.audio_id, data, done.audio_expires_at, done.transcript)
     else:
         message = wire.text_message("".join(text))
+    if done.tool_calls:
+        message["tool_calls"] = [call_json(call) for call in done.tool_calls]
+        if not message["content"]:
+            message["content"] = None  # as the upstream writes a message that only calls tools
     finish = _FINISH_REASONS.get(reason_name(done.reason), "stop")
     return JSONResponse(wire.completion_body(ident, message, _usage(usage), finish))

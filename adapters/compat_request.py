@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.status import EdgeError
+from adapters.tool_json import ToolJsonError, set_tools, tool_calls, tool_result
 from audiochat.v1 import audiochat_pb2 as pb
 from service.pass_through import Refused, check_json, check_params
 
@@ -16,7 +17,19 @@ from service.pass_through import Refused, check_json, check_params
 ENCODED_FORMATS = ("wav", "pcm16")
 _INPUT_FORMATS = {"wav": pb.AUDIO_ENCODING_WAV, "mp3": pb.AUDIO_ENCODING_MP3}
 # Parts of the body this route turns into typed fields; every other parameter goes to the upstream as written.
-_BUILT_HERE = frozenset({"model", "messages", "stream", "stream_options", "modalities", "audio"})
+_BUILT_HERE = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "modalities",
+        "audio",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    }
+)
 # The gateway writes its own chunks: they never carry the `obfuscation` padding, whatever the client asks.
 _STREAM_OPTIONS = frozenset({"include_usage", "include_obfuscation"})
 
@@ -44,7 +57,7 @@ class CompatRequest:
 
 def parse(body: Any) -> CompatRequest:
     """Check the body's shape and build the turn: system messages become instructions, the last user message
-    the input, everything before it the history."""
+    the input, everything before it the history (a history ending with tool results continues after them)."""
     if not isinstance(body, dict):
         raise CompatError("Invalid type for request body: expected an object.", None, "invalid_type")
     model = body.get("model")
@@ -62,6 +75,10 @@ def parse(body: Any) -> CompatRequest:
         modalities=[pb.MODALITY_TEXT, pb.MODALITY_AUDIO] if wants_audio else [pb.MODALITY_TEXT],
     )
     config.extra_body = _extra_body(body)
+    try:
+        set_tools(config, body)
+    except ToolJsonError as exc:
+        raise CompatError(str(exc), exc.param) from None
     turn = _messages(messages, config)
     return CompatRequest(
         turn=turn,
@@ -161,15 +178,35 @@ def _messages(messages: list[Any], config: pb.TurnConfig) -> pb.StreamTurnReques
             audio_id = reference.get("id") if isinstance(reference, dict) else None
             if reference is not None and not isinstance(audio_id, str):
                 raise CompatError("Missing required parameter: 'audio.id'.", f"messages[{index}].audio.id")
-            items.append(pb.HistoryItem(assistant=pb.AssistantMessage(text=text, audio_id=audio_id or "")))
+            assistant = pb.AssistantMessage(text=text, audio_id=audio_id or "")
+            if message.get("tool_calls") is not None:
+                try:
+                    assistant.tool_calls.extend(
+                        tool_calls(message["tool_calls"], f"messages[{index}].tool_calls")
+                    )
+                except ToolJsonError as exc:
+                    raise CompatError(str(exc), exc.param) from None
+            items.append(pb.HistoryItem(assistant=assistant))
+        elif role == "tool":
+            text, audio = _content(message.get("content"), index)
+            if audio is not None:
+                raise CompatError("A tool message holds text only.", f"messages[{index}].content")
+            try:
+                items.append(pb.HistoryItem(tool_result=tool_result(message, f"messages[{index}]", text)))
+            except ToolJsonError as exc:
+                raise CompatError(str(exc), exc.param) from None
         else:
             raise CompatError(
-                f"Unsupported role {role!r}: use system, developer, user or assistant.",
+                f"Unsupported role {role!r}: use system, developer, user, assistant or tool.",
                 f"messages[{index}].role",
             )
-    if not items or not items[-1].HasField("user"):
-        raise CompatError("The last message must be the user's.", f"messages[{len(messages) - 1}].role")
     config.instructions = "\n\n".join(part for part in instructions if part)
+    if items and items[-1].HasField("tool_result"):
+        return pb.StreamTurnRequest(config=config, history=items)  # the answer continues after the results
+    if not items or not items[-1].HasField("user"):
+        raise CompatError(
+            "The last message must be the user's or a tool's.", f"messages[{len(messages) - 1}].role"
+        )
     return pb.StreamTurnRequest(config=config, history=items[:-1], input=items[-1].user)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from adapters.tool_json import call_json, tool_call_delta_json
 from audiochat.v1 import audiochat_pb2 as pb
 from service.usage import sent as usage_json_of
 
@@ -20,6 +21,7 @@ EVENT_NAMES = {
     "audio": "audio.delta",
     "usage": "usage",
     "completed": "turn.completed",
+    "tool_call": "tool_call.delta",
 }
 
 
@@ -82,8 +84,15 @@ def completed_json(event: pb.TurnEvent) -> Json:
         "audio_samples": done.audio_samples,
         "played_ms": done.played_ms,
         "error": turn_error_json(done.error) if done.HasField("error") else None,
+        "tool_calls": [call_json(call) for call in done.tool_calls],
     }
 
 
 # Audio is absent on purpose: each edge encodes it its own way (base64 in SSE, binary frames on WebSocket).
-JSON_OF = {"started": started_json, "text": text_json, "usage": usage_json, "completed": completed_json}
+JSON_OF = {
+    "started": started_json,
+    "text": text_json,
+    "usage": usage_json,
+    "completed": completed_json,
+    "tool_call": tool_call_delta_json,
+}

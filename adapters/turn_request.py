@@ -14,6 +14,7 @@ from typing import Any
 from starlette.datastructures import FormData, UploadFile
 
 from adapters.status import EdgeError, bad_request
+from adapters.tool_json import ToolJsonError, set_tools, tool_calls, tool_result
 from audiochat.v1 import audiochat_pb2 as pb
 
 ENCODINGS = {"pcm16": pb.AUDIO_ENCODING_PCM16, "wav": pb.AUDIO_ENCODING_WAV, "mp3": pb.AUDIO_ENCODING_MP3}
@@ -76,6 +77,10 @@ def turn_config(body: dict[str, Any]) -> pb.TurnConfig:
     if temperature is not None:
         config.temperature = temperature
     config.extra_body = extra_body(body.get("extra_body"))
+    try:
+        set_tools(config, body)
+    except ToolJsonError as exc:
+        raise RequestError(str(exc)) from None
     return config
 
 
@@ -130,24 +135,35 @@ def user_message(body: dict[str, Any]) -> pb.UserMessage:
 
 
 def history(items: Any) -> list[pb.HistoryItem]:
-    """[{"role": "user", "text", "audio"} | {"role": "assistant", "text", "audio_id", "audio_expires_at"}]."""
+    """[{"role": "user", "text", "audio"} | {"role": "assistant", "text", "audio_id", "audio_expires_at",
+    "tool_calls"} | {"role": "tool", "tool_call_id", "content"}]."""
     if items is None:
         return []
     if not isinstance(items, list):
         raise RequestError("'history' must be a list of messages")
     result: list[pb.HistoryItem] = []
-    for item in items:
+    for index, item in enumerate(items):
         role = item.get("role") if isinstance(item, dict) else None
-        if role == "user":
-            result.append(pb.HistoryItem(user=user_message(item)))
-        elif role == "assistant":
-            expires = _number(item, "audio_expires_at") or 0
-            assistant = pb.AssistantMessage(
-                text=_str(item, "text"), audio_id=_str(item, "audio_id"), audio_expires_at=int(expires)
-            )
-            result.append(pb.HistoryItem(assistant=assistant))
-        else:
-            raise RequestError('each history item needs a role: "user" or "assistant"')
+        try:
+            if role == "user":
+                result.append(pb.HistoryItem(user=user_message(item)))
+            elif role == "assistant":
+                expires = _number(item, "audio_expires_at") or 0
+                assistant = pb.AssistantMessage(
+                    text=_str(item, "text"), audio_id=_str(item, "audio_id"), audio_expires_at=int(expires)
+                )
+                if item.get("tool_calls") is not None:
+                    assistant.tool_calls.extend(
+                        tool_calls(item["tool_calls"], f"history[{index}].tool_calls")
+                    )
+                result.append(pb.HistoryItem(assistant=assistant))
+            elif role == "tool":
+                content = _str(item, "content")
+                result.append(pb.HistoryItem(tool_result=tool_result(item, f"history[{index}]", content)))
+            else:
+                raise RequestError('each history item needs a role: "user", "assistant" or "tool"')
+        except ToolJsonError as exc:
+            raise RequestError(str(exc)) from None
     return result
 
 

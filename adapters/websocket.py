@@ -21,6 +21,7 @@ from adapters.auth import WS_SUBPROTOCOL, subprotocol_token
 from adapters.context import EdgeContext, edge_of, transport_metadata
 from adapters.event_json import EVENT_NAMES, JSON_OF
 from adapters.status import EdgeError, bad_request, edge_error, from_rpc_error, shutting_down, unauthenticated
+from adapters.tool_json import ToolJsonError, tool_result
 from adapters.turn_request import ENCODINGS, RequestError, history, turn_config
 from audiochat.v1 import audiochat_pb2 as pb
 from service import metrics
@@ -200,6 +201,16 @@ class Session:
             return pb.ConverseRequest(interrupt=pb.Interrupt(played_ms=played))
         if kind == "clear_audio":
             return pb.ConverseRequest(clear_audio=pb.ClearAudio())
+        if kind == "tool_result":
+            content = body.get("content", "")
+            if not isinstance(content, str):
+                raise RequestError("'content' must be a string")
+            try:
+                result = tool_result(body, "tool_result", content)
+            except ToolJsonError as exc:
+                raise RequestError(str(exc)) from None
+            self._turn_ended.clear()  # the last result starts the continuation; a drain waits for it
+            return pb.ConverseRequest(tool_result=result)
         if kind == "auth":
             return None  # a late or repeated auth message changes nothing
         raise RequestError(f"unknown message type {kind!r}")

@@ -164,7 +164,7 @@ class PendingCalls:
             raise WrongState(f"{where}: no tool call is waiting for a result")
         if tool_call_id not in self._waiting:
             raise InvalidInput(
-                f"{where}: unknown tool_call_id {tool_call_id!r}; the waiting calls are {list(self._waiting)}",
+                f"{where}: unknown tool_call_id {tool_call_id!r}; waiting calls: {list(self._waiting)}",
                 f"{where}.tool_call_id",
             )
         if tool_call_id in self._answered:
