@@ -241,7 +241,8 @@ async def test_compat_refuses_a_result_for_an_unknown_call(
 
 
 def sse_events(raw: list[httpx_sse.ServerSentEvent]) -> list[tuple[str, dict[str, Any]]]:
-    return [(event.event, json.loads(event.data)) for event in raw]
+    # httpx_sse reports a heartbeat comment as an empty "message" (EventSource skips it): skip it too.
+    return [(event.event, json.loads(event.data)) for event in raw if event.data]
 
 
 async def post_turn(client: httpx.AsyncClient, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
