@@ -163,7 +163,7 @@ class Normalizer:
                 deltas.append(pb.TurnEvent(text=pb.TextDelta(text=text, source=pb.TEXT_SOURCE_CONTENT)))
         tool_calls = _typed(delta, "tool_calls", list)
         if tool_calls:
-            # Past its bounds the folder raises ToolCallOverflow (a ValueError): upstream_malformed, like any break.
+            # Past its bounds the folder raises ToolCallOverflow (a ValueError): upstream_malformed.
             deltas.extend(pb.TurnEvent(tool_call=piece) for piece in self._tools.feed(tool_calls))
         audio = _typed(delta, "audio", Mapping)
         if not audio:
