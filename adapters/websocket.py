@@ -22,6 +22,7 @@ from adapters.context import EdgeContext, edge_of, transport_metadata
 from adapters.event_json import EVENT_NAMES, JSON_OF
 from adapters.status import EdgeError, bad_request, edge_error, from_rpc_error, shutting_down, unauthenticated
 from adapters.tool_json import ToolJsonError, tool_result
+from adapters.turn_detection import turn_detection
 from adapters.turn_request import ENCODINGS, RequestError, history, turn_config
 from audiochat.v1 import audiochat_pb2 as pb
 from service import metrics
@@ -182,7 +183,11 @@ class Session:
         if kind == "config":
             if body.get("input_audio") is not None:
                 self._set_input_format(body["input_audio"])
-            config = pb.ConverseConfig(turn=turn_config(body), history=history(body.get("history")))
+            config = pb.ConverseConfig(
+                turn=turn_config(body),
+                history=history(body.get("history")),
+                turn_detection=turn_detection(body.get("turn_detection")),
+            )
             return pb.ConverseRequest(config=config)
         if kind == "text":
             self._turn_ended.clear()  # a drain waits for the answer this asks for
@@ -240,6 +245,10 @@ class Session:
                     }
                     await ws.send_text(json.dumps({**started, "protocol": PROTOCOL_VERSION}))
                     continue
+                speech = _speech_json(response)
+                if speech is not None:
+                    await ws.send_text(json.dumps(speech))
+                    continue
                 event = response.event
                 kind = event.WhichOneof("event")
                 if kind == "audio":
@@ -269,6 +278,16 @@ class Session:
         except WebSocketDisconnect:
             return False
         return None
+
+
+def _speech_json(response: pb.ConverseResponse) -> dict[str, Any] | None:
+    """Server VAD's events, named as the Realtime API names them; None for other responses."""
+    kind = response.WhichOneof("response")
+    if kind == "speech_started":
+        return {"type": "speech.started", "audio_start_ms": response.speech_started.audio_start_ms}
+    if kind == "speech_stopped":
+        return {"type": "speech.stopped", "audio_end_ms": response.speech_stopped.audio_end_ms}
+    return None
 
 
 async def _drain_queue(

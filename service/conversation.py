@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, aclosing, nullcontext
 from dataclasses import dataclass
 
 from audiochat.v1 import audiochat_pb2 as pb
+from service import observe
 from service.errors import InvalidInput, Overloaded, ShuttingDown, TurnFailed, UpstreamFailure, WrongState
+from service.hands_free import HandsFree, vad_settings
 from service.normalizer import SAMPLE_RATE_HZ
 from service.tool_input import CalledTool, PendingCalls, ToolEntry
 from service.turn import Turn
@@ -36,6 +39,8 @@ from service.turn_input import (
     user_entry,
 )
 from service.upstream import Upstream
+from service.vad.listener import Utterance
+from service.vad.segmenter import SpeechStarted
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ MAX_HISTORY_AUDIO_BYTES = 8 * 1024 * 1024
 
 
 # An event on its way out: the response, its turn, and when the chunk behind it was read.
-Delivery = tuple[pb.ConverseResponse, Turn, float]
+Delivery = tuple[pb.ConverseResponse, Turn | None, float]
 
 
 class Outbox:
@@ -97,6 +102,7 @@ class Conversation:
         on_turn_end: Callable[[Turn], None],
         on_heard_part: Callable[[int], None] = lambda played_ms: None,
         turn_slot: Callable[[], AbstractContextManager[None]] = nullcontext,
+        on_barge_in: Callable[[], None] = lambda: None,
     ) -> None:
         self.conversation_id = f"conv_{uuid.uuid4().hex}"
         self.settings = resolve_settings(config.turn, defaults)
@@ -115,14 +121,24 @@ class Conversation:
         )
         self._draining = False
         self._pending = PendingCalls()
+        self._on_barge_in = on_barge_in
+        vad = vad_settings(config.turn_detection)
+        self._hands_free = HandsFree(vad, limits) if vad is not None else None
+        # After a barge-in by voice: (history index, transcript, audio ms) of the answer whose heard part
+        # is the service's estimate, until the client's Interrupt says how much it really played.
+        self._estimated: tuple[int, str, int] | None = None
 
     async def handle(self, request: pb.ConverseRequest) -> None:
         """Apply one client message."""
         kind = request.WhichOneof("request")
         if kind == "audio":
-            self._record(request.audio)
+            if self._hands_free is not None:
+                await self._hear(request.audio)
+            else:
+                self._record(request.audio)
         elif kind == "text":
-            await self._start(user_entry(pb.UserMessage(text=request.text.text), self._limits, required=True))
+            message = pb.UserMessage(text=request.text.text)
+            await self._start(user_entry(message, self._limits, required=True), "text")
         elif kind == "commit":
             await self._commit(request.commit)
         elif kind == "interrupt":
@@ -131,6 +147,8 @@ class Conversation:
             await self._tool_result(request.tool_result)
         elif kind == "clear_audio":
             self._recording = Recording(bytearray())
+            if self._hands_free is not None:
+                self._hands_free.drop()
         elif kind == "config":
             raise WrongState("config is only accepted as the first message of a conversation")
         else:
@@ -150,6 +168,13 @@ class Conversation:
         recording.data += chunk.data
 
     async def _commit(self, commit: pb.Commit) -> None:
+        if self._hands_free is not None:
+            # server_vad: a Commit ends the speech under way now (or sends its text alone).
+            utterance = self._hands_free.take()
+            if utterance is not None:
+                message = self._hands_free.message(utterance, commit.text)
+                await self._start(user_entry(message, self._limits, required=True), "manual")
+                return
         recording, self._recording = self._recording, Recording(bytearray())
         if recording.format is None:
             message = pb.UserMessage(text=commit.text)
@@ -158,7 +183,60 @@ class Conversation:
             message = pb.UserMessage(text=commit.text, audio=audio)
         if recording.format is None and not commit.text.strip():
             raise InvalidInput("empty turn: commit without audio or text")
-        await self._start(user_entry(message, self._limits, required=True))
+        await self._start(user_entry(message, self._limits, required=True), "manual")
+
+    async def _hear(self, chunk: pb.AudioChunk) -> None:
+        assert self._hands_free is not None
+        for heard in await self._hands_free.hear(chunk):
+            if isinstance(heard, SpeechStarted):
+                await self._speech_started(heard)
+            else:
+                await self._speech_stopped(heard)
+
+    async def _speech_started(self, started: SpeechStarted) -> None:
+        assert self._hands_free is not None
+        if self._hands_free.echo_guarded(self._turn):
+            self._hands_free.drop()
+            return
+        event = pb.SpeechStarted(audio_start_ms=started.audio_start_ms)
+        await self.outbox.put((pb.ConverseResponse(speech_started=event), None, time.perf_counter()))
+        await self._barge_in()
+
+    async def _speech_stopped(self, utterance: Utterance) -> None:
+        assert self._hands_free is not None
+        now = time.perf_counter()
+        event = pb.SpeechStopped(audio_end_ms=utterance.audio_end_ms)
+        await self.outbox.put((pb.ConverseResponse(speech_stopped=event), None, now))
+        user = user_entry(self._hands_free.message(utterance), self._limits, required=True)
+        await self._start(user, "server_vad")
+        if self._turn is not None:
+            # The audio came in real time: the speaker stopped this long before the silence was judged.
+            self._turn.speech_ended_at = now - (utterance.received_ms - utterance.audio_end_ms) / 1000
+
+    async def _barge_in(self) -> None:
+        """Confirmed speech while an answer streams or plays: stop it, keep the part likely heard."""
+        turn = self._turn
+        if turn is None or turn.first_audio_at is None:
+            await self._stop_turn(played_ms=0)  # nothing was played yet
+            return
+        played_ms = round((time.perf_counter() - turn.first_audio_at) * 1000)
+        before = len(self.history)
+        if await self._stop_turn(played_ms):
+            completion = turn.completion
+            if completion is not None and before < len(self.history):
+                # The answer's place: after the user's input, unless it was a continuation without one.
+                index = before + 1 if self.history[before] is turn.user else before
+                audio_ms = completion.audio_samples * 1000 // SAMPLE_RATE_HZ
+                self._estimated = (index, completion.transcript, audio_ms)
+            self._on_barge_in()
+        elif self._last_answer is not None and played_ms < self._last_answer[1]:
+            index, audio_ms = self._last_answer
+            entry = self.history[index]
+            if isinstance(entry, AssistantEntry):
+                self.history[index] = AssistantEntry(heard_part(entry.text, played_ms, audio_ms))
+                self._estimated = (index, entry.text, audio_ms)
+            self._last_answer = None
+            self._on_barge_in()
 
     async def _tool_result(self, result: pb.ToolResult) -> None:
         task, turn = self._task, self._turn
@@ -174,7 +252,7 @@ class Conversation:
         self.history.append(ToolEntry(result.tool_call_id, result.content))
         if not self._pending.waiting:
             self._pending.clear()
-            await self._start(UserEntry("", None))  # the continuation: the model reads the results
+            await self._start(UserEntry("", None), "tool_result")  # the continuation reads the results
 
     def _cancel_tool_calls(self) -> None:
         """Drop calls still waiting for results, and the results so far, from the history."""
@@ -189,11 +267,12 @@ class Conversation:
             self._last_answer = None
         self._pending.clear()
 
-    async def _start(self, user: UserEntry) -> None:
+    async def _start(self, user: UserEntry, mode: str) -> None:
         if self._draining:
             raise ShuttingDown("the server is shutting down; reconnect to continue the conversation")
         await self._stop_turn(played_ms=None)
         self._cancel_tool_calls()
+        self._estimated = None
         turn = Turn(
             upstream=self._upstream,
             settings=self.settings,
@@ -201,6 +280,7 @@ class Conversation:
             user=user,
             max_audio_delta_bytes=self._limits.max_audio_delta_bytes,
         )
+        observe.turn_committed(mode)
         self._turn = turn
         self._task = asyncio.create_task(self._run(turn), name=turn.turn_id)
 
@@ -246,6 +326,9 @@ class Conversation:
     async def _interrupt(self, played_ms: int) -> None:
         if await self._stop_turn(played_ms):
             return
+        if self._estimated is not None:
+            self._correct_estimate(played_ms)
+            return
         self._cancel_tool_calls()
         # The answer had fully arrived but the listener stopped it: forget what they never heard.
         if self._last_answer is not None:
@@ -255,6 +338,20 @@ class Conversation:
                 self.history[index] = AssistantEntry(heard_part(entry.text, played_ms, audio_ms))
                 self._on_heard_part(played_ms)
             self._last_answer = None
+
+    def _correct_estimate(self, played_ms: int) -> None:
+        """The client said how much of the answer stopped by voice it played: keep that part."""
+        assert self._estimated is not None
+        index, transcript, audio_ms = self._estimated
+        self._estimated = None
+        text = heard_part(transcript, played_ms, audio_ms)
+        present = index < len(self.history) and isinstance(self.history[index], AssistantEntry)
+        if present and text:
+            self.history[index] = AssistantEntry(text)
+        elif present:
+            del self.history[index]
+        elif text:
+            self.history.insert(index, AssistantEntry(text))
 
     def _remember(self, turn: Turn) -> None:
         completion = turn.completion

@@ -79,6 +79,21 @@ AUDIO_SECONDS = Counter("audiochat_audio_seconds_total", "Seconds of audio relay
 TOKENS = Counter("audiochat_tokens_total", "Tokens the upstream reported.", ["direction", "modality"])
 UPSTREAM_ERRORS = Counter("audiochat_upstream_errors_total", "Failed upstream turns by status.", ["code"])
 RESUMES = Counter("audiochat_resumes_total", "SSE reconnections with Last-Event-ID.", ["result"])
+# Hands-free (server VAD): how turns are committed, voice barge-ins, and the wait after speaking.
+TURN_COMMITS = Counter(
+    "audiochat_turn_commits_total",
+    "Turns sent to the model, by how they were committed: text, manual (Commit), server_vad or tool_result.",
+    ["mode"],
+)
+BARGE_INS = Counter(
+    "audiochat_barge_ins_total", "Answers interrupted by the user's voice (server VAD).", ["transport"]
+)
+SPEECH_TO_FIRST_AUDIO = Histogram(
+    "audiochat_speech_end_to_first_audio_seconds",
+    "Server VAD: end of the user's speech to the answer's first audio handed to the client's transport"
+    " (includes silence_duration_ms).",
+    buckets=LATENCY_BUCKETS,
+)
 BUILD_INFO = Info("audiochat_build", "Version of the running gateway.")
 
 _AUDIO_IN = AUDIO_SECONDS.labels("in")

@@ -25,6 +25,8 @@ def event_sent(meter: TransportMetrics, turn: Turn, event: pb.TurnEvent, read_at
     if turn.first_audio_at is None and event.HasField("audio"):
         turn.first_audio_at = now
         meter.first_audio.observe(now - turn.accepted_at)
+        if turn.speech_ended_at is not None:
+            metrics.SPEECH_TO_FIRST_AUDIO.observe(max(now - turn.speech_ended_at, 0.0))
     elif turn.first_text_at is None and event.HasField("text"):
         turn.first_text_at = now
         meter.first_text.observe(now - turn.accepted_at)
@@ -36,6 +38,17 @@ def interrupted_after_end(meter: TransportMetrics, played_ms: int) -> None:
     log.info(
         "answer interrupted after it arrived", extra={"transport": meter.transport, "played_ms": played_ms}
     )
+
+
+def turn_committed(mode: str) -> None:
+    """A turn was sent to the model: `text`, `manual` (Commit), `server_vad` (end of speech), `tool_result`."""
+    metrics.TURN_COMMITS.labels(mode).inc()
+
+
+def barge_in(meter: TransportMetrics) -> None:
+    """Server VAD heard the user talk over an answer and stopped it."""
+    meter.interruptions.inc()
+    metrics.BARGE_INS.labels(meter.transport).inc()
 
 
 def outcome_name(turn: Turn) -> str:

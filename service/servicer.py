@@ -133,6 +133,7 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                     on_turn_end=lambda turn: observe.turn_finished(turn, transport, time.perf_counter()),
                     on_heard_part=lambda played_ms: observe.interrupted_after_end(meter, played_ms),
                     turn_slot=lambda: self.admission.turn(meter.running),
+                    on_barge_in=lambda: observe.barge_in(meter),
                 )
                 self._conversations.add(conversation)
                 try:
@@ -163,7 +164,8 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                     raise item
                 response, turn, read_at = item
                 await context.write(response)
-                observe.event_sent(meter, turn, response.event, read_at)
+                if turn is not None:
+                    observe.event_sent(meter, turn, response.event, read_at)
         finally:
             reader.cancel()
             await asyncio.wait([reader])

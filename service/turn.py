@@ -43,6 +43,8 @@ class Turn:
         self.upstream_first_byte_at: float | None = None
         self.first_audio_at: float | None = None
         self.first_text_at: float | None = None
+        # Server VAD: when the user stopped speaking (perf_counter), for the wait users feel.
+        self.speech_ended_at: float | None = None
         self.upstream_request_id = ""
         self.completion: pb.TurnCompleted | None = None
         # When the chunk behind the event being handed out was read: the start of the gateway's own latency.

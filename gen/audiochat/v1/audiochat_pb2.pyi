@@ -217,6 +217,34 @@ Numbers past 99 are audiochat's own codes; those below share the gRPC status num
 """
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
+class _TurnDetectionType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TurnDetectionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TurnDetectionType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TURN_DETECTION_TYPE_UNSPECIFIED: _TurnDetectionType.ValueType  # 0
+    """Not set: manual."""
+    TURN_DETECTION_TYPE_MANUAL: _TurnDetectionType.ValueType  # 1
+    """Push-to-talk: audio is buffered until the client's Commit."""
+    TURN_DETECTION_TYPE_SERVER_VAD: _TurnDetectionType.ValueType  # 2
+    """The service detects speech in the streamed audio (Silero VAD), sends SpeechStarted and SpeechStopped,
+    commits each utterance by itself and answers it; speech during an answer interrupts it (barge-in).
+    """
+
+class TurnDetectionType(_TurnDetectionType, metaclass=_TurnDetectionTypeEnumTypeWrapper):
+    """TurnDetectionType names who decides that the user's spoken turn is over (the Realtime API's names)."""
+
+TURN_DETECTION_TYPE_UNSPECIFIED: TurnDetectionType.ValueType  # 0
+"""Not set: manual."""
+TURN_DETECTION_TYPE_MANUAL: TurnDetectionType.ValueType  # 1
+"""Push-to-talk: audio is buffered until the client's Commit."""
+TURN_DETECTION_TYPE_SERVER_VAD: TurnDetectionType.ValueType  # 2
+"""The service detects speech in the streamed audio (Silero VAD), sends SpeechStarted and SpeechStopped,
+commits each utterance by itself and answers it; speech during an answer interrupts it (barge-in).
+"""
+Global___TurnDetectionType: _TypeAlias = TurnDetectionType  # noqa: Y015
+
 @_typing.final
 class AudioFormat(_message.Message):
     """AudioFormat describes a piece of audio."""
@@ -971,7 +999,10 @@ class TurnCompleted(_message.Message):
     audio_samples: _builtins.int
     """Samples of audio sent in this turn's AudioDeltas."""
     played_ms: _builtins.int
-    """For an interrupted turn: how much of the answer the listener heard, as the client reported."""
+    """For an interrupted turn: how much of the answer the listener heard, as the client reported; for a
+    barge-in by voice (server VAD) the service's estimate: the audio sent, capped by the time since its
+    first piece was sent (real-time playback assumed). A later Interrupt with played_ms corrects the history.
+    """
     @_builtins.property
     def error(self) -> Global___TurnError:
         """Set when reason is FINISH_REASON_ERROR."""
@@ -1074,6 +1105,7 @@ class ConverseConfig(_message.Message):
 
     TURN_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    TURN_DETECTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def turn(self) -> Global___TurnConfig:
         """Settings for every turn of the conversation."""
@@ -1082,19 +1114,93 @@ class ConverseConfig(_message.Message):
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryItem]:
         """Earlier messages to continue from, oldest first."""
 
+    @_builtins.property
+    def turn_detection(self) -> Global___TurnDetection:
+        """Who ends the user's turns: the client's Commit (unset, manual) or the service hearing silence."""
+
     def __init__(
         self,
         *,
         turn: Global___TurnConfig | None = ...,
         history: _abc.Iterable[Global___HistoryItem] | None = ...,
+        turn_detection: Global___TurnDetection | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["turn", b"turn"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["turn", b"turn", "turn_detection", b"turn_detection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "turn", b"turn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "turn", b"turn", "turn_detection", b"turn_detection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConverseConfig: _TypeAlias = ConverseConfig  # noqa: Y015
+
+@_typing.final
+class TurnDetection(_message.Message):
+    """TurnDetection configures server VAD; unset fields take the defaults named below. Server VAD needs
+    pcm16 audio chunks (any rate from 8000 to 96000 Hz) in one format for the whole conversation.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    PREFIX_PADDING_MS_FIELD_NUMBER: _builtins.int
+    SILENCE_DURATION_MS_FIELD_NUMBER: _builtins.int
+    MIN_SPEECH_DURATION_MS_FIELD_NUMBER: _builtins.int
+    ECHO_GUARD_MS_FIELD_NUMBER: _builtins.int
+    type: Global___TurnDetectionType.ValueType
+    """manual (the default) or server_vad; the other fields apply to server_vad only."""
+    threshold: _builtins.float
+    """Speech probability from which a 32 ms frame counts as voiced, in (0, 1); default 0.5. Higher is
+    less sensitive (for noisy rooms).
+    """
+    prefix_padding_ms: _builtins.int
+    """Milliseconds of audio from before the detected start committed with the speech; default 300."""
+    silence_duration_ms: _builtins.int
+    """Milliseconds of silence that end the speech and commit it; default 500, from 100 to 10000."""
+    min_speech_duration_ms: _builtins.int
+    """Milliseconds of voiced audio before speech counts (and SpeechStarted is sent): shorter sounds,
+    such as a cough or a click, are neither turns nor barge-ins; default 250, at most 5000.
+    """
+    echo_guard_ms: _builtins.int
+    """Milliseconds after an answer's first audio during which speech is ignored, for clients that play
+    through a speaker without echo cancellation; default 0 (off), at most 10000.
+    """
+    def __init__(
+        self,
+        *,
+        type: Global___TurnDetectionType.ValueType = ...,
+        threshold: _builtins.float | None = ...,
+        prefix_padding_ms: _builtins.int | None = ...,
+        silence_duration_ms: _builtins.int | None = ...,
+        min_speech_duration_ms: _builtins.int | None = ...,
+        echo_guard_ms: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_echo_guard_ms", b"_echo_guard_ms", "_min_speech_duration_ms", b"_min_speech_duration_ms", "_prefix_padding_ms", b"_prefix_padding_ms", "_silence_duration_ms", b"_silence_duration_ms", "_threshold", b"_threshold", "echo_guard_ms", b"echo_guard_ms", "min_speech_duration_ms", b"min_speech_duration_ms", "prefix_padding_ms", b"prefix_padding_ms", "silence_duration_ms", b"silence_duration_ms", "threshold", b"threshold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_echo_guard_ms", b"_echo_guard_ms", "_min_speech_duration_ms", b"_min_speech_duration_ms", "_prefix_padding_ms", b"_prefix_padding_ms", "_silence_duration_ms", b"_silence_duration_ms", "_threshold", b"_threshold", "echo_guard_ms", b"echo_guard_ms", "min_speech_duration_ms", b"min_speech_duration_ms", "prefix_padding_ms", b"prefix_padding_ms", "silence_duration_ms", b"silence_duration_ms", "threshold", b"threshold", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__echo_guard_ms: _TypeAlias = _typing.Literal["echo_guard_ms"]  # noqa: Y015
+    _WhichOneofArgType__echo_guard_ms: _TypeAlias = _typing.Literal["_echo_guard_ms", b"_echo_guard_ms"]  # noqa: Y015
+    _WhichOneofReturnType__min_speech_duration_ms: _TypeAlias = _typing.Literal["min_speech_duration_ms"]  # noqa: Y015
+    _WhichOneofArgType__min_speech_duration_ms: _TypeAlias = _typing.Literal["_min_speech_duration_ms", b"_min_speech_duration_ms"]  # noqa: Y015
+    _WhichOneofReturnType__prefix_padding_ms: _TypeAlias = _typing.Literal["prefix_padding_ms"]  # noqa: Y015
+    _WhichOneofArgType__prefix_padding_ms: _TypeAlias = _typing.Literal["_prefix_padding_ms", b"_prefix_padding_ms"]  # noqa: Y015
+    _WhichOneofReturnType__silence_duration_ms: _TypeAlias = _typing.Literal["silence_duration_ms"]  # noqa: Y015
+    _WhichOneofArgType__silence_duration_ms: _TypeAlias = _typing.Literal["_silence_duration_ms", b"_silence_duration_ms"]  # noqa: Y015
+    _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
+    _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__echo_guard_ms) -> _WhichOneofReturnType__echo_guard_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_speech_duration_ms) -> _WhichOneofReturnType__min_speech_duration_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prefix_padding_ms) -> _WhichOneofReturnType__prefix_padding_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__silence_duration_ms) -> _WhichOneofReturnType__silence_duration_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
+
+Global___TurnDetection: _TypeAlias = TurnDetection  # noqa: Y015
 
 @_typing.final
 class TextInput(_message.Message):
@@ -1294,6 +1400,54 @@ class ConversationStarted(_message.Message):
 Global___ConversationStarted: _TypeAlias = ConversationStarted  # noqa: Y015
 
 @_typing.final
+class SpeechStarted(_message.Message):
+    """SpeechStarted says server VAD heard the user start speaking (sent once the speech lasted
+    min_speech_duration_ms). An answer streaming at that moment is interrupted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIO_START_MS_FIELD_NUMBER: _builtins.int
+    audio_start_ms: _builtins.int
+    """Where the speech started: milliseconds of the conversation's input audio from its first byte."""
+    def __init__(
+        self,
+        *,
+        audio_start_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_start_ms", b"audio_start_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpeechStarted: _TypeAlias = SpeechStarted  # noqa: Y015
+
+@_typing.final
+class SpeechStopped(_message.Message):
+    """SpeechStopped says server VAD heard the user stop speaking (after silence_duration_ms of silence);
+    the speech, with its prefix padding, is committed and the answer's TurnStarted follows.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIO_END_MS_FIELD_NUMBER: _builtins.int
+    audio_end_ms: _builtins.int
+    """Where the speech ended: milliseconds of the conversation's input audio from its first byte."""
+    def __init__(
+        self,
+        *,
+        audio_end_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_end_ms", b"audio_end_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpeechStopped: _TypeAlias = SpeechStopped  # noqa: Y015
+
+@_typing.final
 class ConverseResponse(_message.Message):
     """ConverseResponse is one message from the service."""
 
@@ -1301,6 +1455,8 @@ class ConverseResponse(_message.Message):
 
     STARTED_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
+    SPEECH_STARTED_FIELD_NUMBER: _builtins.int
+    SPEECH_STOPPED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def started(self) -> Global___ConversationStarted:
         """The first response, once the config was accepted."""
@@ -1309,17 +1465,27 @@ class ConverseResponse(_message.Message):
     def event(self) -> Global___TurnEvent:
         """An event of a turn."""
 
+    @_builtins.property
+    def speech_started(self) -> Global___SpeechStarted:
+        """Server VAD: the user started speaking."""
+
+    @_builtins.property
+    def speech_stopped(self) -> Global___SpeechStopped:
+        """Server VAD: the user stopped speaking; their turn is committed."""
+
     def __init__(
         self,
         *,
         started: Global___ConversationStarted | None = ...,
         event: Global___TurnEvent | None = ...,
+        speech_started: Global___SpeechStarted | None = ...,
+        speech_stopped: Global___SpeechStopped | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "response", b"response", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "response", b"response", "speech_started", b"speech_started", "speech_stopped", b"speech_stopped", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "response", b"response", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "response", b"response", "speech_started", b"speech_started", "speech_stopped", b"speech_stopped", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["started", "event"]  # noqa: Y015
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["started", "event", "speech_started", "speech_stopped"]  # noqa: Y015
     _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
 
