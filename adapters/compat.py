@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from adapters.compat_request import CompatError, CompatRequest, parse
 from adapters.context import edge_of, transport_metadata
@@ -32,6 +32,7 @@ from adapters.status import (
     shutting_down,
     unauthenticated,
 )
+from adapters.streaming import ClosingStreamingResponse
 from adapters.tool_json import call_json
 from audiochat.v1 import audiochat_pb2 as pb
 from service import metrics
@@ -86,7 +87,7 @@ async def chat_completions(request: Request) -> Response:
     )
     if parsed.stream:
         chunks = _stream(call, parsed, ident, edge.stream)
-        return StreamingResponse(chunks, media_type=MEDIA_TYPE, headers=SSE_HEADERS)
+        return ClosingStreamingResponse(chunks, media_type=MEDIA_TYPE, headers=SSE_HEADERS)
     with edge.stream():
         return await _whole(call, parsed, ident)
 

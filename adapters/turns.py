@@ -15,13 +15,14 @@ from typing import Any
 
 import grpc
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from adapters.context import EdgeContext, edge_of, transport_metadata
 from adapters.http_body import BodyError, is_multipart, read_form, read_json
 from adapters.resume import TurnLog
 from adapters.sse import HEARTBEAT, MEDIA_TYPE, SSE_HEADERS, encode_error, encode_turn_event, parse_event_id
 from adapters.status import EdgeError, bad_request, edge_error, from_rpc_error, shutting_down, unauthenticated
+from adapters.streaming import ClosingStreamingResponse
 from adapters.turn_request import RequestError, from_form, from_json
 from audiochat.v1 import audiochat_pb2 as pb
 from service import metrics
@@ -129,8 +130,10 @@ async def _pump(call: Any, buffered: TurnLog) -> None:
         buffered.finish()
 
 
-def _stream(edge: EdgeContext, buffered: TurnLog, after: int) -> StreamingResponse:
-    return StreamingResponse(_follow(edge, buffered, after), media_type=MEDIA_TYPE, headers=SSE_HEADERS)
+def _stream(edge: EdgeContext, buffered: TurnLog, after: int) -> ClosingStreamingResponse:
+    return ClosingStreamingResponse(
+        _follow(edge, buffered, after), media_type=MEDIA_TYPE, headers=SSE_HEADERS
+    )
 
 
 async def _follow(edge: EdgeContext, buffered: TurnLog, after: int) -> AsyncIterator[bytes]:

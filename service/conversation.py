@@ -396,10 +396,15 @@ class Conversation:
             ShuttingDown("the server is shutting down; reconnect to continue the conversation")
         )
 
-    async def close(self) -> None:
-        """The call is over: stop the running answer and close its upstream connection."""
-        if self._task is not None and not self._task.done():
+    def cancel(self) -> None:
+        """The call is over: stop the running answer now; its task closes the upstream connection."""
+        if self._task is not None:
             self._task.cancel()
+
+    async def close(self) -> None:
+        """The call is over: stop the running answer and wait until its upstream connection is closed."""
+        self.cancel()
+        if self._task is not None:
             await asyncio.wait([self._task])
 
 

@@ -167,7 +167,10 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                 if turn is not None:
                     observe.event_sent(meter, turn, response.event, read_at)
         finally:
+            # Cancel before any await: this task may be cancelled again while it waits, and the turn
+            # task (blocked on a full outbox when the client stopped reading) must still close its upstream.
             reader.cancel()
+            conversation.cancel()
             await asyncio.wait([reader])
             await conversation.close()
 

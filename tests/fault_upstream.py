@@ -59,6 +59,7 @@ class FaultUpstream(FixtureUpstream):
         super().__init__()
         self.scripts: dict[str, bytes] = {}
         self.open_streams = 0
+        self.bytes_sent = 0  # body bytes handed to uvicorn by the fault streams, for back-pressure tests
         self.closed_at: list[float] = []  # time.monotonic() when each request ended
         self._idle = asyncio.Event()
         self._idle.set()
@@ -118,6 +119,7 @@ class FaultUpstream(FixtureUpstream):
                     break
                 # uvicorn's send waits while the socket's buffer is full: a stopped reader stops this loop.
                 await send({"type": "http.response.body", "body": event, "more_body": True})
+                self.bytes_sent += len(event)
             if end and not disconnected.done():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
