@@ -49,6 +49,7 @@ class EdgeServer:
             keep_seconds=settings.resume_seconds,
             max_bytes=settings.resume_buffer_bytes,
             orphan_seconds=settings.sse_orphan_seconds,
+            max_turn_bytes=settings.sse_turn_buffer_bytes,
         )
         self.context = EdgeContext(settings, channel, keys, Origins(settings.allowed_origins), store)
         self._http = EmbeddedHTTPServer(

@@ -6,6 +6,11 @@ resumable. A dropped turn still reaches the readers it has, and lets go of what 
 
 A running turn with no reader is an orphan: its client left and may come back. After `orphan_seconds` with
 no reader it is abandoned (its `on_abandoned` runs), so the upstream stops instead of streaming into nowhere.
+
+Back-pressure: the task that reads a turn from the core waits (`ResumeStore.wait_for_room`) while its log
+holds over `max_turn_bytes`, or all logs over `max_bytes`, so a slow or absent reader slows the core's
+StreamTurn, and through gRPC's flow control the upstream, instead of growing memory. Past `max_turn_bytes`
+a log lets go of what all its readers have read (a resume from before that point gets 404).
 """
 
 from __future__ import annotations
@@ -56,6 +61,11 @@ class TurnLog:
         self._changed.set()
         self._store.ended(self)
 
+    def trim(self) -> None:
+        """Over the per-turn cap, let go of what every reader has read (an orphan keeps all for a resume)."""
+        if self._readers and self.size > self._store.max_turn_bytes:
+            self._release(force=True)
+
     def has_after(self, sequence: int) -> bool:
         """Whether every event after `sequence` is still held."""
         return self._first_sequence - 1 <= sequence <= self.last_sequence
@@ -79,6 +89,7 @@ class TurnLog:
                     received_at = self._received_at[position]
                     self._readers[reader] += 1
                     yield data
+                    self._store.notify()  # a pump waiting for room may go on
                     if live and relay is not None and received_at:
                         relay.observe(time.perf_counter() - received_at)
                 live = True
@@ -110,8 +121,8 @@ class TurnLog:
         self.resumable = False
         self._release()
 
-    def _release(self) -> None:
-        if self.resumable:
+    def _release(self, force: bool = False) -> None:
+        if self.resumable and not force:
             return
         upto = min(self._readers.values(), default=self.last_sequence + 1)
         count = upto - self._first_sequence
@@ -127,12 +138,42 @@ class TurnLog:
 class ResumeStore:
     """Every turn's log under one byte cap; an ended log expires `keep_seconds` after its end."""
 
-    def __init__(self, *, keep_seconds: float, max_bytes: int, orphan_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        keep_seconds: float,
+        max_bytes: int,
+        orphan_seconds: float = 10.0,
+        max_turn_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
         self.keep_seconds = keep_seconds
         self.max_bytes = max_bytes
+        self.max_turn_bytes = max_turn_bytes
         self.orphan_seconds = orphan_seconds
         self.bytes = 0
         self._logs: OrderedDict[str, TurnLog] = OrderedDict()
+        self._room = asyncio.Event()
+        self._waiting = 0
+
+    def full(self, log: TurnLog) -> bool:
+        """Whether `log`'s pump must wait: its log, or all logs together, over their cap."""
+        log.trim()
+        return log.size > self.max_turn_bytes or self.bytes > self.max_bytes
+
+    async def wait_for_room(self, log: TurnLog) -> None:
+        """Return once `log` may take another event: readers caught up, or other turns let go."""
+        while self.full(log):
+            self._room.clear()
+            self._waiting += 1
+            try:
+                await self._room.wait()
+            finally:
+                self._waiting -= 1
+
+    def notify(self) -> None:
+        """A reader advanced or bytes were let go: waiting pumps check again."""
+        if self._waiting:
+            self._room.set()
 
     def __len__(self) -> int:
         return len(self._logs)
@@ -160,8 +201,9 @@ class ResumeStore:
         asyncio.get_running_loop().call_later(self.orphan_seconds, log.abandon_if_orphan)
 
     def shrank(self, freed: int) -> None:
-        """A dropped log let `freed` bytes go."""
+        """A log let `freed` bytes go."""
         self.bytes -= freed
+        self.notify()
 
     def ended(self, log: TurnLog) -> None:
         """Schedule an ended log's expiry (a dropped one goes with its last reader)."""

@@ -103,17 +103,19 @@ async def _start(edge: EdgeContext, turn: pb.StreamTurnRequest) -> TurnLog | Edg
         return edge_error("internal", "the service ended the turn without events", 500, 1011)
     buffered = edge.store.open(first.turn_id)
     buffered.append(encode_turn_event(first))
-    pump = asyncio.create_task(_pump(call, buffered), name=f"sse:{first.turn_id}")
+    pump = asyncio.create_task(_pump(edge, call, buffered), name=f"sse:{first.turn_id}")
     buffered.on_abandoned = pump.cancel
     edge.pumps.add(pump)
     pump.add_done_callback(edge.pumps.discard)
     return buffered
 
 
-async def _pump(call: Any, buffered: TurnLog) -> None:
+async def _pump(edge: EdgeContext, call: Any, buffered: TurnLog) -> None:
     try:
         while (event := await call.read()) is not grpc.aio.EOF:
             buffered.append(encode_turn_event(event), time.perf_counter())
+            # A slow reader slows the core's stream (and the upstream) instead of growing this buffer.
+            await edge.store.wait_for_room(buffered)
     except grpc.aio.AioRpcError as exc:
         error = from_rpc_error(exc)
         buffered.append(encode_error(buffered.turn_id, buffered.last_sequence + 1, error.code, error.message))

@@ -55,6 +55,8 @@ class Settings:
     resume_buffer_bytes: int = 256 * 1024 * 1024
     # An SSE turn whose client left is kept running this long for a resume, then stopped upstream.
     sse_orphan_seconds: float = 10.0
+    # What one SSE turn may hold unread (or read but resumable) before its reading from the core waits.
+    sse_turn_buffer_bytes: int = 8 * 1024 * 1024
 
     @property
     def upstream_kind(self) -> str:
