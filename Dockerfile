@@ -39,7 +39,9 @@ RUN python -m pip uninstall --yes --root-user-action=ignore pip setuptools wheel
 COPY --from=build /opt/venv /opt/venv
 # The root filesystem may be read-only (it is in the chart): bytecode was compiled at install time,
 # and the application writes only to /tmp.
+# audiochat binds loopback by default; a container listens on its own interface to be reachable at all.
 ENV PATH=/opt/venv/bin:$PATH \
+    AUDIOCHAT_BIND=0.0.0.0 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001

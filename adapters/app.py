@@ -15,6 +15,7 @@ from starlette.staticfiles import StaticFiles
 
 from adapters import compat, websocket
 from adapters.context import EdgeContext, edge_of
+from adapters.status import unreachable_reason
 from adapters.turns import get_events, post_turn
 from service import metrics as service_metrics
 from service.server import SERVICE_NAME
@@ -33,14 +34,20 @@ async def readyz(request: Request) -> Response:
     edge = edge_of(request)
     if edge.draining:
         return PlainTextResponse("draining", 503)
+    problem = await core_problem(edge)
+    return PlainTextResponse("ready") if problem is None else PlainTextResponse(problem, 503)
+
+
+async def core_problem(edge: EdgeContext) -> str | None:
+    """Why the core cannot take work now ("core not reachable: ...", "core not serving"), or None."""
     try:
         check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
         answer = await edge.health.Check(check, timeout=READY_CHECK_SECONDS)
     except Exception as exc:  # any failure to reach the core means not ready, never a 500
-        return PlainTextResponse(f"core not reachable: {type(exc).__name__}", 503)
+        return f"core not reachable: {unreachable_reason(exc)}"
     if answer.status != health_pb2.HealthCheckResponse.SERVING:
-        return PlainTextResponse("core not serving", 503)
-    return PlainTextResponse("ready")
+        return "core not serving"
+    return None
 
 
 async def metrics(request: Request) -> Response:

@@ -2,58 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from service.settings import Settings
+from service.api_keys import ApiKeys
+
+__all__ = ["WS_BEARER_PREFIX", "WS_SUBPROTOCOL", "ApiKeys", "Origins", "subprotocol_token"]
 
 # A WebSocket client names the protocol and may carry its key as a second subprotocol,
 # `audiochat.bearer.<key>`: browsers cannot set an Authorization header on a WebSocket.
 WS_SUBPROTOCOL = "audiochat.v1"
 WS_BEARER_PREFIX = "audiochat.bearer."
-
-
-class ApiKeys:
-    """The accepted keys, kept as digests and compared in constant time."""
-
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._digests = [_digest(key) for key in keys if key]
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ApiKeys:
-        """Keys from AUDIOCHAT_API_KEYS (comma-separated) and AUDIOCHAT_API_KEYS_FILE (one per line)."""
-        keys = [key.strip() for key in settings.api_keys.split(",")]
-        if settings.api_keys_file:
-            lines = Path(settings.api_keys_file).read_text().splitlines()
-            keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-        return cls(keys)
-
-    @property
-    def open(self) -> bool:
-        """No key configured: everyone is let in."""
-        return not self._digests
-
-    def accepts(self, key: str | None) -> bool:
-        """Whether `key` is one of the keys (always true when none is configured)."""
-        if self.open:
-            return True
-        if not key:
-            return False
-        digest = _digest(key)
-        # Compare with every key, so the time taken does not tell which one matched.
-        return sum(hmac.compare_digest(digest, known) for known in self._digests) > 0
-
-    def accepts_headers(self, headers: Mapping[str, str]) -> bool:
-        """Whether the request's `Authorization: Bearer <key>` is accepted."""
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        return self.accepts(token.strip() if scheme.lower() == "bearer" else None)
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
 
 
 def subprotocol_token(offered: Iterable[str]) -> str | None:

@@ -36,6 +36,7 @@ from adapters.streaming import ClosingStreamingResponse
 from adapters.tool_json import call_json
 from audiochat.v1 import audiochat_pb2 as pb
 from service import metrics
+from service.api_keys import AUTHORIZATION, bearer_token
 from service.audio import wrap_pcm16_as_wav
 from service.offline import wire
 from service.usage import to_upstream as usage_to_upstream
@@ -69,7 +70,8 @@ async def chat_completions(request: Request) -> Response:
         return error_response(exc.error)
     except CompatError as exc:
         return error_response(exc.error, exc.param)
-    call = edge.stub.StreamTurn(parsed.turn, metadata=transport_metadata("openai"))
+    key = bearer_token(request.headers.get(AUTHORIZATION, ""))
+    call = edge.stub.StreamTurn(parsed.turn, metadata=transport_metadata("openai", key))
     try:
         first = await call.read()
     except grpc.aio.AioRpcError as exc:

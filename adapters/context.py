@@ -15,13 +15,17 @@ from starlette.requests import HTTPConnection
 from adapters.auth import ApiKeys, Origins
 from adapters.resume import ResumeStore
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
+from service.api_keys import bearer_metadata
 from service.observe import TRANSPORT_METADATA_KEY
 from service.settings import Settings
 
 
-def transport_metadata(transport: str) -> tuple[tuple[str, str], ...]:
-    """The call metadata that tells the core which edge a call came through (for its metrics)."""
-    return ((TRANSPORT_METADATA_KEY, transport),)
+def transport_metadata(transport: str, key: str | None = None) -> tuple[tuple[str, str], ...]:
+    """The metadata of a call to the core: which edge it came through (for metrics), and the client's key.
+
+    The client's own key goes on to the core, which checks it too when it has keys (role all shares them).
+    """
+    return ((TRANSPORT_METADATA_KEY, transport), *bearer_metadata(key))
 
 
 @dataclass

@@ -8,7 +8,7 @@ from types import TracebackType
 
 import grpc
 
-from adapters.app import create_app
+from adapters.app import core_problem, create_app
 from adapters.auth import ApiKeys, Origins
 from adapters.context import EdgeContext
 from adapters.resume import ResumeStore
@@ -68,6 +68,12 @@ class EdgeServer:
             raise
         log.info("edge listening", extra={"port": self.port, "core": self.target, "open": keys.open})
         return self.port
+
+    async def core_problem(self) -> str | None:
+        """Why the core cannot take work now, or None when it answers SERVING (as /readyz checks)."""
+        if self.context is None:
+            return "edge not started"
+        return await core_problem(self.context)
 
     async def stop(self) -> None:
         """Refuse new work, let running streams end within the drain grace, then close everything."""

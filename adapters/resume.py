@@ -16,6 +16,7 @@ a log lets go of what all its readers have read (a resume from before that point
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import time
 from collections import OrderedDict
@@ -23,12 +24,15 @@ from collections.abc import AsyncIterator, Callable
 
 from prometheus_client import Histogram
 
+from service.api_keys import digest
+
 
 class TurnLog:
     """One turn's SSE events in order, followed by its live reader and by any resumer."""
 
-    def __init__(self, turn_id: str, store: ResumeStore) -> None:
+    def __init__(self, turn_id: str, store: ResumeStore, owner: str | None = None) -> None:
         self.turn_id = turn_id
+        self._owner = None if owner is None else digest(owner)  # the key that started the turn, if any
         self._store = store
         self._events: list[bytes] = []
         self._received_at: list[float] = []  # when each event came from the core, for the relay histogram
@@ -41,6 +45,12 @@ class TurnLog:
         self.size = 0
         self.abandoned = False
         self.on_abandoned: Callable[[], object] | None = None
+
+    def owned_by(self, key: str | None) -> bool:
+        """Whether `key` may read this turn: the key that started it, or anyone for a turn started without."""
+        if self._owner is None:
+            return True
+        return key is not None and hmac.compare_digest(digest(key), self._owner)
 
     @property
     def last_sequence(self) -> int:
@@ -178,9 +188,9 @@ class ResumeStore:
     def __len__(self) -> int:
         return len(self._logs)
 
-    def open(self, turn_id: str) -> TurnLog:
-        """A new log for a turn that just started."""
-        log = TurnLog(turn_id, self)
+    def open(self, turn_id: str, owner: str | None = None) -> TurnLog:
+        """A new log for a turn that just started; with an `owner` key, only that key may resume it."""
+        log = TurnLog(turn_id, self, owner)
         self._logs[turn_id] = log
         return log
 

@@ -5,13 +5,16 @@ The table is the design doc's; every route asks here, so a client sees the same 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import grpc
 
 from audiochat.v1 import audiochat_pb2 as pb
-from service.errors import ERROR_CODE_KEY, RETRY_AFTER_MS_KEY
+from service.errors import ERROR_CODE_KEY, RETRY_AFTER_MS_KEY, STATUS_ORIGIN_KEY
+
+log = logging.getLogger(__name__)
 
 # Words of the core's messages that tell two failures with one status apart.
 _SIZE_MARKER = "over the limit"
@@ -79,6 +82,27 @@ def shutting_down() -> EdgeError:
     return EdgeError(503, "unavailable", "the server is shutting down; retry on another instance", 1012, 1000)
 
 
+def unreachable_reason(error: BaseException) -> str:
+    """Why the core could not be reached, in words safe to show anyone: no address, no class name.
+
+    gRPC's own details name the core's address ("ipv4:10.0.3.7:50051: Connection refused"); they go to
+    the log, never into a response.
+    """
+    if isinstance(error, grpc.aio.AioRpcError):
+        return _UNREACHABLE.get(error.code(), error.code().name.lower())
+    if isinstance(error, TimeoutError):
+        return "no answer in time"
+    return "unexpected failure"
+
+
+_TRANSPORT_FAILURES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_UNREACHABLE = {
+    grpc.StatusCode.UNAVAILABLE: "connection refused or lost",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "no answer in time",
+    grpc.StatusCode.UNAUTHENTICATED: "the core refused this edge's credentials",
+}
+
+
 def _metadata(error: grpc.aio.AioRpcError, key: str) -> str:
     for name, value in error.trailing_metadata() or ():
         if name == key:
@@ -91,7 +115,12 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> EdgeError:
     retry_ms_text = _metadata(error, RETRY_AFTER_MS_KEY)
     retry_ms = int(retry_ms_text) if retry_ms_text.isdigit() else 0
     upstream_failed = bool(_metadata(error, ERROR_CODE_KEY))
-    return _map(error.code(), error.details() or error.code().name.lower(), retry_ms, upstream_failed)
+    message = error.details() or error.code().name.lower()
+    if not _metadata(error, STATUS_ORIGIN_KEY) and error.code() in _TRANSPORT_FAILURES:
+        # Not the core's words but gRPC's, about reaching it: they name its address. Logged, not shown.
+        log.warning("core call failed: %s", message, extra={"code": error.code().name})
+        message = f"the service is unreachable ({unreachable_reason(error)}); retry later"
+    return _map(error.code(), message, retry_ms, upstream_failed)
 
 
 def from_turn_error(error: pb.TurnError) -> EdgeError:

@@ -26,6 +26,7 @@ from adapters.streaming import ClosingStreamingResponse
 from adapters.turn_request import RequestError, from_form, from_json
 from audiochat.v1 import audiochat_pb2 as pb
 from service import metrics
+from service.api_keys import AUTHORIZATION, bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,10 @@ async def post_turn(request: Request) -> Response:
     edge = edge_of(request)
     if not edge.keys.accepts_headers(request.headers):
         return error_response(unauthenticated())
+    key = bearer_token(request.headers.get(AUTHORIZATION, ""))
     last_event_id = request.headers.get("last-event-id")
     if last_event_id:
-        return _resume(edge, last_event_id, None)
+        return _resume(edge, last_event_id, None, key)
     if edge.draining:
         return error_response(shutting_down())
     try:
@@ -56,7 +58,7 @@ async def post_turn(request: Request) -> Response:
             turn = from_json(await read_json(request, edge.settings.max_body_bytes))
     except (BodyError, RequestError) as exc:
         return error_response(exc.error)
-    started = await _start(edge, turn)
+    started = await _start(edge, turn, key)
     if isinstance(started, EdgeError):
         return error_response(started)
     return _stream(edge, started, after=0)
@@ -68,17 +70,19 @@ async def get_events(request: Request) -> Response:
     if not edge.keys.accepts_headers(request.headers):
         return error_response(unauthenticated())
     turn_id = request.path_params["turn_id"]
-    return _resume(edge, request.headers.get("last-event-id") or f"{turn_id}:0", turn_id)
+    key = bearer_token(request.headers.get(AUTHORIZATION, ""))
+    return _resume(edge, request.headers.get("last-event-id") or f"{turn_id}:0", turn_id, key)
 
 
-def _resume(edge: EdgeContext, last_event_id: str, turn_id: str | None) -> Response:
+def _resume(edge: EdgeContext, last_event_id: str, turn_id: str | None, key: str | None) -> Response:
     parsed = parse_event_id(last_event_id)
     if parsed is None or (turn_id is not None and parsed[0] != turn_id):
         return error_response(
             bad_request("Last-Event-ID must be an id of this turn's events (<turn_id>:<n>)")
         )
     buffered = edge.store.get(parsed[0])
-    if buffered is None or not buffered.has_after(parsed[1]):
+    # Another key's turn is answered exactly like an unknown one: its existence is not for them to learn.
+    if buffered is None or not buffered.has_after(parsed[1]) or not buffered.owned_by(key):
         metrics.RESUMES.labels("not_found").inc()
         seconds = f"{edge.settings.resume_seconds:g}"
         message = (
@@ -89,9 +93,9 @@ def _resume(edge: EdgeContext, last_event_id: str, turn_id: str | None) -> Respo
     return _stream(edge, buffered, after=parsed[1])
 
 
-async def _start(edge: EdgeContext, turn: pb.StreamTurnRequest) -> TurnLog | EdgeError:
+async def _start(edge: EdgeContext, turn: pb.StreamTurnRequest, key: str | None) -> TurnLog | EdgeError:
     """Call StreamTurn and wait for TurnStarted (the upstream accepted): before it, a failure is a status."""
-    call = edge.stub.StreamTurn(turn, metadata=transport_metadata("sse"))
+    call = edge.stub.StreamTurn(turn, metadata=transport_metadata("sse", key))
     try:
         first = await call.read()
     except grpc.aio.AioRpcError as exc:
@@ -101,7 +105,8 @@ async def _start(edge: EdgeContext, turn: pb.StreamTurnRequest) -> TurnLog | Edg
         raise
     if first is grpc.aio.EOF:
         return edge_error("internal", "the service ended the turn without events", 500, 1011)
-    buffered = edge.store.open(first.turn_id)
+    # With keys, only the key that started the turn may resume it.
+    buffered = edge.store.open(first.turn_id, owner=None if edge.keys.open else key)
     buffered.append(encode_turn_event(first))
     pump = asyncio.create_task(_pump(edge, call, buffered), name=f"sse:{first.turn_id}")
     buffered.on_abandoned = pump.cancel

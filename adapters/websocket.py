@@ -60,7 +60,7 @@ async def converse(websocket: WebSocket) -> None:
         await _close(websocket, shutting_down())
         return
     with edge.stream():
-        await Session(websocket, edge).run(authenticated=edge.keys.open or token is not None)
+        await Session(websocket, edge).run(token, authenticated=edge.keys.open or token is not None)
 
 
 async def _close(websocket: WebSocket, error: EdgeError | None) -> None:
@@ -94,15 +94,17 @@ class Session:
         self._last_activity = time.monotonic()
         self._started = asyncio.Event()  # the core admitted the conversation
 
-    async def run(self, *, authenticated: bool) -> None:
+    async def run(self, key: str | None, *, authenticated: bool) -> None:
         """Authenticate if needed, then relay until either side ends; close with the table's code."""
-        if not authenticated and not await self._authenticate():
-            await _close(self._ws, unauthenticated('send {"type": "auth", "token": KEY} first'))
-            return
+        if not authenticated:
+            key = await self._authenticate()
+            if key is None:
+                await _close(self._ws, unauthenticated('send {"type": "auth", "token": KEY} first'))
+                return
         # gRPC's own task writes the requests from this queue: a write cancelled half-way can hang the call.
         requests: asyncio.Queue[pb.ConverseRequest] = asyncio.Queue(REQUEST_QUEUE)
         call = self._edge.stub.Converse(
-            _drain_queue(requests, self._started), metadata=transport_metadata("websocket")
+            _drain_queue(requests, self._started), metadata=transport_metadata("websocket", key)
         )
         tasks = {
             asyncio.create_task(self._client_to_core(requests)),
@@ -121,22 +123,22 @@ class Session:
         if outcome is not False:  # False: the client is gone, there is nobody to close for
             await _close(self._ws, None if outcome is True else outcome)
 
-    async def _authenticate(self) -> bool:
+    async def _authenticate(self) -> str | None:
+        """The key of a first `auth` message, if it is accepted."""
         try:
             # asyncio.timeout, not wait_for: a wait_for around uvicorn's receive can hang when cancelled.
             async with asyncio.timeout(self._edge.settings.auth_timeout_seconds):
                 message = await self._ws.receive()
         except TimeoutError:
-            return False
+            return None
         try:
             body = json.loads(message.get("text") or "")
         except ValueError:
-            return False
-        return (
-            isinstance(body, dict)
-            and body.get("type") == "auth"
-            and self._edge.keys.accepts(str(body.get("token", "")))
-        )
+            return None
+        if not isinstance(body, dict) or body.get("type") != "auth":
+            return None
+        token = str(body.get("token", ""))
+        return token if self._edge.keys.accepts(token) else None
 
     async def _drained(self) -> EdgeError:
         """Once the edge drains, wait for the running answer to end, then ask the client to reconnect."""

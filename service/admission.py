@@ -13,7 +13,9 @@ StreamTurn (or another conversation's next turn) from running:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import Gauge
@@ -21,6 +23,7 @@ from prometheus_client import Gauge
 from service.errors import Overloaded, ShuttingDown
 
 DEFAULT_MAX_CONVERSATIONS = 10_000
+REFUSAL_LINGER_SECONDS = 0.25  # at most this long a refused client may finish writing
 RETRY_AFTER_MS = 1000  # what a refused client is told to wait: slots free up as turns end, in ms
 
 
@@ -67,3 +70,16 @@ class Admission:
         """ShuttingDown once a drain has started: new calls go to another instance."""
         if self.draining:
             raise ShuttingDown("the server is shutting down; retry on another instance")
+
+
+async def let_client_finish_writing(requests: AsyncIterator[object]) -> None:
+    """Before refusing a streamed call, read (and drop) what its client still writes, for a moment.
+
+    A status that arrives while the client's gRPC library still writes is lost to the client: the failed
+    write reports INTERNAL "Internal error from Core" instead of the status. The refused client waits
+    its retry delay anyway, so telling it up to REFUSAL_LINGER_SECONDS later costs nothing.
+    """
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(REFUSAL_LINGER_SECONDS):
+            async for _ in requests:
+                pass

@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     edge = commands.add_parser("edge", help="run only the HTTP/WebSocket edge against a remote core")
     edge.add_argument("--target", required=True, help="the core's gRPC address, host:port")
     edge.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
-    edge.add_argument("--bind", help="address to listen on (default 0.0.0.0)")
+    edge.add_argument("--bind", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     edge.add_argument("--log-level", help="debug, info, warning, error (default info)")
     run.add_argument("--role", choices=("all", "core", "edge"), help="default all: core and edge together")
     run.add_argument("--target", help="the core's gRPC address, for --role edge")
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--upstream", choices=("openai", "offline"), help="default: openai if OPENAI_API_KEY is set"
     )
-    run.add_argument("--bind", help="address to listen on (default 0.0.0.0)")
+    run.add_argument("--bind", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     run.add_argument("--grpc-port", type=int, help="gRPC port (default 50051)")
     run.add_argument("--model", help="default model (default gpt-4o-audio-preview)")
     run.add_argument("--voice", help="default voice (default alloy)")

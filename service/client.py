@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,10 +12,13 @@ import grpc
 
 from audiochat.v1 import audiochat_pb2 as pb
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
+from service.api_keys import bearer_metadata
 from service.audio import MODEL_SAMPLE_RATE
 from service.wav_writer import StreamingWavWriter
 
 CONNECT_TIMEOUT_SECONDS = 3.0
+
+API_KEY_VARIABLE = "AUDIOCHAT_API_KEY"  # the key `say` and `ask` send when the service has keys
 
 
 class ClientError(Exception):
@@ -62,7 +66,9 @@ async def _stream(
     writer = StreamingWavWriter(output) if output is not None else None
     completed = pb.TurnCompleted()
     try:
-        async for event in stub.StreamTurn(request):
+        async for event in stub.StreamTurn(
+            request, metadata=bearer_metadata(os.environ.get(API_KEY_VARIABLE))
+        ):
             kind = event.WhichOneof("event")
             if kind == "text":
                 sys.stdout.write(event.text.text)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # Metadata keys that carry the retry delay of a RESOURCE_EXHAUSTED or UNAVAILABLE status.
 RETRY_AFTER_MS_KEY = "retry-after-ms"
 ERROR_CODE_KEY = "audiochat-error-code"
+STATUS_ORIGIN_KEY = "audiochat-status-origin"  # set on every status the core ends a call with
 
 
 class AudioChatError(Exception):
@@ -153,6 +154,6 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -
     code, message, metadata = status_for(error)
     if code is grpc.StatusCode.INTERNAL and not isinstance(error, AudioChatError):
         log.error("unexpected error in a call", exc_info=error)
-    if metadata:
-        context.set_trailing_metadata(metadata)
+    # Marks a status as the core's own words, safe to pass on; gRPC's transport failures carry addresses.
+    context.set_trailing_metadata((*metadata, (STATUS_ORIGIN_KEY, "core")))
     await context.abort(code, message)

@@ -18,6 +18,7 @@ from service.settings import Settings
 from service.upstream import OpenAIUpstream, Upstream
 
 log = logging.getLogger(__name__)
+CORE_POLL_SECONDS = 1.0  # how often an edge whose core is not ready checks again
 
 
 @asynccontextmanager
@@ -42,6 +43,20 @@ async def open_upstream(settings: Settings) -> AsyncIterator[Upstream]:
         yield upstream
 
 
+async def _ready_when_the_core_is(edge: EdgeServer) -> None:
+    """Log "ready" once the core answers SERVING; until then say, once, that it does not and why."""
+    warned = False
+    while (problem := await edge.core_problem()) is not None:
+        if not warned:
+            log.warning(
+                "audiochat edge started, but not ready",
+                extra={"reason": problem, "http_port": edge.port, "core": edge.target, "readyz": 503},
+            )
+            warned = True
+        await asyncio.sleep(CORE_POLL_SECONDS)
+    log.info("audiochat edge ready", extra={"http_port": edge.port, "core": edge.target})
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run the role's servers until SIGTERM or SIGINT (or `stop` is set), then drain."""
     stop = stop or asyncio.Event()
@@ -51,8 +66,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     if settings.role == "edge":
         # The edge serves /metrics on its own HTTP port.
         async with EdgeServer(settings, settings.core_target) as edge:
-            log.info("audiochat edge ready", extra={"http_port": edge.port, "core": settings.core_target})
+            announce = asyncio.create_task(_ready_when_the_core_is(edge))
             await stop.wait()
+            announce.cancel()
         return
     async with open_upstream(settings) as upstream:
         server = AudioChatServer(settings, upstream)

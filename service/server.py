@@ -12,6 +12,8 @@ from grpc_reflection.v1alpha import reflection
 from audiochat.v1 import audiochat_pb2 as pb
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
 from service import keepalive
+from service.api_keys import ApiKeys
+from service.grpc_auth import ApiKeyInterceptor
 from service.servicer import AudioChatServicer
 from service.settings import Settings
 from service.upstream import Upstream
@@ -54,7 +56,9 @@ class AudioChatServer:
             max_conversations=settings.max_conversations,
         )
         self.health = health.aio.HealthServicer()
-        self._server = grpc.aio.server(options=server_options(settings))
+        keys = ApiKeys.from_settings(settings)
+        interceptors = [] if keys.open else [ApiKeyInterceptor(keys)]
+        self._server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
         pb_grpc.add_AudioChatServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

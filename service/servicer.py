@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
@@ -13,7 +12,7 @@ import grpc
 from audiochat.v1 import audiochat_pb2 as pb
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
 from service import metrics, observe
-from service.admission import DEFAULT_MAX_CONVERSATIONS, Admission
+from service.admission import DEFAULT_MAX_CONVERSATIONS, Admission, let_client_finish_writing
 from service.conversation import Conversation
 from service.errors import Overloaded, ShuttingDown, TurnFailed, WrongState, abort
 from service.turn import Turn
@@ -21,7 +20,6 @@ from service.turn_input import Defaults, Limits, history_entries, resolve_settin
 from service.upstream import Upstream
 
 ServicerContext = grpc.aio.ServicerContext[object, object]
-REFUSAL_LINGER_SECONDS = 0.25  # at most this long a refused conversation's client may finish writing
 
 
 def transport_of(context: ServicerContext) -> str:
@@ -118,7 +116,7 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         meter = metrics.for_transport(transport)
         try:
             # Admitted after its config, so that a client that waits for ConversationStarted is never
-            # writing when it is refused (see _linger).
+            # writing when it is refused (see let_client_finish_writing).
             first = await anext(aiter(request_iterator), None)
             if first is None:
                 return
@@ -143,7 +141,7 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except (Overloaded, ShuttingDown) as exc:
-            await _linger(request_iterator)
+            await let_client_finish_writing(request_iterator)
             await abort(context, exc)
         except Exception as exc:
             await abort(context, exc)
@@ -178,19 +176,6 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         """Stop taking calls; let each conversation finish its answer, then end it with UNAVAILABLE."""
         self.admission.draining = True
         await asyncio.gather(*(conversation.drain() for conversation in list(self._conversations)))
-
-
-async def _linger(requests: AsyncIterator[pb.ConverseRequest]) -> None:
-    """Before refusing a call, let the client finish writing (up to REFUSAL_LINGER_SECONDS).
-
-    A status that arrives while the client's gRPC library still writes is lost to the client: the failed
-    write reports INTERNAL "Internal error from Core" instead of RESOURCE_EXHAUSTED or UNAVAILABLE. The
-    refused client waits its retry delay anyway, so telling it a moment later costs nothing.
-    """
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(REFUSAL_LINGER_SECONDS):
-            async for _ in requests:
-                pass
 
 
 async def _read_requests(requests: AsyncIterator[pb.ConverseRequest], conversation: Conversation) -> None:

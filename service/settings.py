@@ -19,7 +19,9 @@ class Settings:
     upstream: str = ""  # "openai" or "offline"; empty means openai when a key is set, else offline
     model: str = "gpt-4o-audio-preview"
     voice: str = "alloy"
-    bind: str = "0.0.0.0"
+    bind: str = (
+        "127.0.0.1"  # all three ports; loopback unless told otherwise (the image and chart say 0.0.0.0)
+    )
     grpc_port: int = 50051
     http_port: int = 8080
     metrics_port: int = 9090

@@ -371,6 +371,12 @@ def test_edge_reaches_the_core_through_its_service(manifests: Rendering) -> None
             assert args == ["serve", "--role", "core"]
 
 
+def test_both_workloads_listen_on_every_interface_explicitly(manifests: Rendering) -> None:
+    # audiochat binds loopback by default; a pod reached through its Service must listen on all.
+    for deployment in manifests.deployments():
+        assert env(deployment)["AUDIOCHAT_BIND"]["value"] == "0.0.0.0", component(deployment)
+
+
 def test_helm_test_hooks_call_the_health_checks(manifests: Rendering) -> None:
     pods = {pod["metadata"]["name"].rsplit("-test-", 1)[1]: pod for pod in manifests.hook_pods()}
     edge_on = any(component(deployment) == "edge" for deployment in manifests.deployments())
