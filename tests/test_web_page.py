@@ -73,6 +73,19 @@ def microphone_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def chromium_args(microphone: str) -> list[str]:
+    """Headless Chromium with a fake microphone playing the WAV file `microphone` (`path%noloop`: once)."""
+    return [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={microphone}",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+    ]
+
+
 @pytest.fixture(scope="module")
 def browser(microphone_wav: Path) -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
@@ -80,15 +93,7 @@ def browser(microphone_wav: Path) -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=[
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={microphone_wav}",
-                "--autoplay-policy=no-user-gesture-required",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
+            args=chromium_args(str(microphone_wav)),
         )
         yield browser
         browser.close()

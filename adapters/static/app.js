@@ -1,5 +1,6 @@
-// The audiochat web page: push-to-talk over the /v1/converse WebSocket (adapters/PROTOCOL.md), with the
-// answer played while it streams and barge-in that reports exactly how much the listener heard.
+// The audiochat web page: push-to-talk or hands-free (server VAD) over the /v1/converse WebSocket
+// (adapters/PROTOCOL.md), with the answer played while it streams and barge-in, by button or by voice,
+// that reports exactly how much the listener heard.
 
 const SOURCE_RATE = 24000;
 const SAMPLES_PER_MS = SOURCE_RATE / 1000;
@@ -10,12 +11,14 @@ const ui = {
   chat: $("chat"), hint: $("hint"), status: $("status"), dot: $("status-dot"), error: $("error"),
   talk: $("talk"), textForm: $("text-form"), text: $("text"), settings: $("settings"),
   settingsToggle: $("settings-toggle"), voice: $("voice"), instructions: $("instructions"),
-  server: $("server"), apiKey: $("api-key"),
+  server: $("server"), apiKey: $("api-key"), handsFree: $("hands-free"), voiceState: $("voice-state"),
+  stateLabel: $("state-label"), levelBar: $("level-bar"),
 };
 
 // Counters the browser tests read; also handy in the console.
 const test = {
   connected: false, conversations: 0, reconnects: 0, capturedSamples: 0, turns: {}, lastStop: null, errors: [],
+  handsFree: false, speech: [], voiceState: "off", peakLevel: 0,
 };
 window.audiochatTest = test;
 
@@ -24,6 +27,8 @@ let reconnectAttempt = 0;
 let audio = null; // {context, player, capture, micStream}
 let recording = null; // {pcm: Int16Array[], samples}
 let pendingTurnSentAt = null;
+let handsFree = false; // server VAD: the microphone streams all the time and the service finds the turns
+let userSpeaking = false;
 const turns = new Map(); // turn_index -> turn state
 
 // ---------- connection ----------
@@ -51,6 +56,7 @@ function connect() {
   socket = ws;
   ws.onopen = () => {
     const config = { type: "config", input_audio: { encoding: "pcm16", sample_rate_hz: SOURCE_RATE } };
+    if (handsFree) config.turn_detection = { type: "server_vad" };
     if (ui.voice.value.trim()) config.voice = ui.voice.value.trim();
     if (ui.instructions.value.trim()) config.instructions = ui.instructions.value.trim();
     ws.send(JSON.stringify(config));
@@ -80,6 +86,15 @@ function onClose(ws, event) {
   }, delay);
 }
 
+// A new connection on purpose (settings or turn detection changed): the old one closes without a retry.
+function reconnectNow() {
+  const old = socket;
+  socket = null;
+  old?.close(1000);
+  reconnectAttempt = 0;
+  connect();
+}
+
 function send(message) {
   if (!socket || socket.readyState !== WebSocket.OPEN) {
     showError("Not connected to the server yet. Wait a moment and try again.");
@@ -101,7 +116,21 @@ function onEvent(event) {
       test.connected = true;
       test.conversations += 1;
       hideError();
-      setStatus("ready", true);
+      setStatus(handsFree ? "ready, hands-free" : "ready", true);
+      updateVoiceState();
+      break;
+    case "speech.started":
+      test.speech.push({ type: event.type, ms: event.audio_start_ms, at: performance.now() });
+      userSpeaking = true;
+      bargeInByVoice();
+      updateVoiceState();
+      break;
+    case "speech.stopped":
+      test.speech.push({ type: event.type, ms: event.audio_end_ms, at: performance.now() });
+      userSpeaking = false;
+      pendingTurnSentAt = performance.now();
+      addSpokenNote(event.audio_end_ms - (test.speech.at(-2)?.ms ?? event.audio_end_ms));
+      updateVoiceState();
       break;
     case "turn.started": {
       const turn = turnFor(event.turn_index);
@@ -115,6 +144,7 @@ function onEvent(event) {
       break;
     case "turn.completed":
       finishTurn(turnFor(event.turn_index), event);
+      updateVoiceState();
       break;
     case "error":
       test.errors.push(event);
@@ -224,7 +254,10 @@ function onPlayerMessage(message) {
     if (turn) {
       turn.playedSamples = message.playedSamples;
       test.turns[message.turnId].playedSamples = message.playedSamples;
-      if (message.drained) turn.playing = false;
+      if (message.drained) {
+        turn.playing = false;
+        updateVoiceState();
+      }
     }
   } else if (message.type === "stopped") {
     const waiter = audio.stopWaiters.shift();
@@ -260,27 +293,92 @@ async function stopPlayback(notifyServer = true) {
   if (turn.done && turn.receivedSamples / SAMPLES_PER_MS > playedMs) markCut(turn, playedMs);
 }
 
+// The service heard the user talk: it has stopped the answer; stop playing it and say how much was heard.
+function bargeInByVoice() {
+  if (playing()) {
+    stopPlayback(true);
+    return;
+  }
+  // Played to the end already: say so, in case the service's estimate thought it was still playing.
+  const last = [...turns.values()].at(-1);
+  if (last && last.receivedSamples && !last.stopped) {
+    send({ type: "interrupt", played_ms: Math.floor(last.playedSamples / SAMPLES_PER_MS) });
+  }
+}
+
+async function openMicrophone() {
+  const { context } = await ensureAudio();
+  if (audio.capture) return;
+  // The browser's echo cancellation keeps the answer coming out of the speaker from reaching the
+  // service as the user's voice (which would interrupt every answer in hands-free mode).
+  audio.micStream = await navigator.mediaDevices.getUserMedia({
+    audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+  });
+  const source = context.createMediaStreamSource(audio.micStream);
+  audio.capture = new AudioWorkletNode(context, "pcm-capture", { numberOfInputs: 1, numberOfOutputs: 1 });
+  const mute = context.createGain();
+  mute.gain.value = 0; // the worklet must be pulled by the graph, but the mic must not reach the speakers
+  source.connect(audio.capture).connect(mute).connect(context.destination);
+  audio.capture.port.onmessage = ({ data }) => onCaptured(data);
+}
+
+async function setHandsFree(on) {
+  if (on === handsFree) return;
+  if (recording) stopTalking();
+  handsFree = on;
+  test.handsFree = on;
+  ui.talk.disabled = on;
+  userSpeaking = false;
+  try {
+    if (on) {
+      await openMicrophone();
+      audio.capture.port.postMessage({ type: "start" });
+    } else if (audio?.capture) {
+      audio.capture.port.postMessage({ type: "stop" });
+    }
+  } catch (error) {
+    handsFree = false;
+    test.handsFree = false;
+    ui.handsFree.checked = false;
+    ui.talk.disabled = false;
+    showError(microphoneProblem(error));
+    return;
+  }
+  await stopPlayback(true);
+  // The turn detection mode is part of a conversation's config: switching starts a new conversation.
+  addNote(on ? "Hands-free: just talk. Talk over an answer to interrupt it." : "Push-to-talk.");
+  reconnectNow();
+  updateVoiceState();
+}
+
+function updateVoiceState() {
+  let state = "off";
+  if (handsFree) state = userSpeaking ? "speaking" : playing() ? "answering" : "listening";
+  test.voiceState = state;
+  ui.voiceState.hidden = state === "off" && !recording;
+  ui.voiceState.dataset.state = state;
+  ui.stateLabel.textContent = { off: "recording", listening: "listening", speaking: "you're speaking", answering: "answering" }[state];
+}
+
+function showLevel(level) {
+  test.peakLevel = Math.max(test.peakLevel, level);
+  // -60 dBFS (silence) to 0 dBFS (full scale), in a bar.
+  const db = 20 * Math.log10(Math.max(level, 1e-6));
+  ui.levelBar.style.width = `${Math.max(0, Math.min(100, ((db + 60) / 60) * 100)).toFixed(0)}%`;
+}
+
 async function startTalking() {
-  if (recording) return;
+  if (recording || handsFree) return;
   const current = playing();
   test.pressed = { at: performance.now(), turnIndex: current?.index ?? null, playedSamples: current?.playedSamples ?? 0 };
   recording = { pcm: [], samples: 0, starting: true };
   ui.talk.classList.add("recording");
   try {
-    const { context } = await ensureAudio();
+    await ensureAudio();
     await stopPlayback(true);
-    if (!audio.capture) {
-      audio.micStream = await navigator.mediaDevices.getUserMedia({
-        audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-      });
-      const source = context.createMediaStreamSource(audio.micStream);
-      audio.capture = new AudioWorkletNode(context, "pcm-capture", { numberOfInputs: 1, numberOfOutputs: 1 });
-      const mute = context.createGain();
-      mute.gain.value = 0; // the worklet must be pulled by the graph, but the mic must not reach the speakers
-      source.connect(audio.capture).connect(mute).connect(context.destination);
-      audio.capture.port.onmessage = ({ data }) => onCaptured(data);
-    }
+    await openMicrophone();
     audio.capture.port.postMessage({ type: "start" });
+    updateVoiceState();
     recording.starting = false;
     if (recording.releaseRequested) stopTalking();
   } catch (error) {
@@ -301,7 +399,14 @@ function stopTalking() {
 }
 
 function onCaptured(message) {
-  if (message.type === "pcm" && recording) {
+  if (message.type === "pcm") showLevel(message.level ?? 0);
+  if (message.type === "pcm" && handsFree) {
+    // Only once the conversation (with its turn detection) is open; before that there is nobody to hear.
+    if (test.connected && socket?.readyState === WebSocket.OPEN) {
+      test.capturedSamples += message.pcm.byteLength / 2;
+      socket.send(message.pcm);
+    }
+  } else if (message.type === "pcm" && recording) {
     recording.pcm.push(new Int16Array(message.pcm.slice(0)));
     recording.samples += message.pcm.byteLength / 2;
     test.capturedSamples += message.pcm.byteLength / 2;
@@ -309,6 +414,7 @@ function onCaptured(message) {
   } else if (message.type === "stopped" && recording) {
     const finished = recording;
     recording = null;
+    updateVoiceState();
     if (!finished.samples) return;
     pendingTurnSentAt = performance.now();
     if (send({ type: "commit" })) addVoiceNote(finished);
@@ -350,6 +456,19 @@ function addVoiceNote(finished) {
   replay.textContent = "▶ replay";
   replay.addEventListener("click", () => new Audio(URL.createObjectURL(wavBlob(finished.pcm))).play());
   bubble.querySelector(".meta").append(replay);
+}
+
+function addSpokenNote(ms) {
+  const bubble = addBubble("user", "");
+  bubble.querySelector(".text").textContent = `You spoke, ${(Math.max(ms, 0) / 1000).toFixed(1)} s`;
+}
+
+function addNote(text) {
+  const note = document.createElement("p");
+  note.className = "note";
+  note.textContent = text;
+  ui.chat.append(note);
+  scrollDown();
 }
 
 function downloadLink(turn) {
@@ -431,17 +550,15 @@ window.addEventListener("keyup", (event) => {
   }
 });
 
+ui.handsFree.addEventListener("change", () => setHandsFree(ui.handsFree.checked));
+
 ui.settingsToggle.addEventListener("click", () => {
   ui.settings.hidden = !ui.settings.hidden;
   ui.settingsToggle.setAttribute("aria-expanded", String(!ui.settings.hidden));
 });
 ui.settings.addEventListener("submit", (event) => {
   event.preventDefault();
-  const old = socket;
-  socket = null;
-  old?.close(1000);
-  reconnectAttempt = 0;
-  connect();
+  reconnectNow();
 });
 
 connect();

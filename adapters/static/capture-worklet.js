@@ -31,7 +31,11 @@ class PcmCapture extends AudioWorkletProcessor {
   flush() {
     if (this.frameLength > 0) {
       const pcm = this.frame.slice(0, this.frameLength);
-      this.port.postMessage({ type: "pcm", pcm: pcm.buffer }, [pcm.buffer]);
+      // The frame's RMS (0..1 of full scale) for the page's input level meter.
+      let energy = 0;
+      for (let i = 0; i < pcm.length; i++) energy += pcm[i] * pcm[i];
+      const level = Math.sqrt(energy / pcm.length) / 32768;
+      this.port.postMessage({ type: "pcm", pcm: pcm.buffer, level }, [pcm.buffer]);
       this.frameLength = 0;
     }
   }
