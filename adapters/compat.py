@@ -53,7 +53,8 @@ _FINISH_REASONS = {
 def error_response(error: EdgeError, param: str | None = None) -> JSONResponse:
     """OpenAI's error shape and status: the SDKs raise their usual exceptions and honour retry-after-ms."""
     body = error.openai_body()
-    body["error"]["param"] = param
+    if param is not None:
+        body["error"]["param"] = param
     return JSONResponse(body, error.http_status, headers=error.headers())
 
 
@@ -143,10 +144,7 @@ async def _stream(
                         return  # like the upstream: an error frame, then the stream ends without [DONE]
             yield wire.SSE_DONE
         except grpc.aio.AioRpcError as exc:
-            error = from_rpc_error(exc)
-            yield wire.sse_event(
-                wire.error_object(error.message, error.openai_body()["error"]["type"] or "", None, error.code)
-            )
+            yield wire.sse_event(from_rpc_error(exc).openai_body())
         finally:
             call.cancel()  # a client that went away ends the turn upstream at once
 
@@ -164,6 +162,8 @@ def _ending(
 ) -> list[wire.Json]:
     if done.reason == pb.FINISH_REASON_ERROR:
         error = from_turn_error(done.error)
+        if done.error.HasField("upstream"):
+            return [error.openai_body()]  # the upstream's error frame, as it sent it
         kind = done.error.upstream_code or "server_error"
         return [wire.error_object(error.message, kind, None, done.error.upstream_code or error.code)]
     chunks: list[wire.Json] = []

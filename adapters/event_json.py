@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from adapters.status import upstream_json
 from adapters.tool_json import call_json, tool_call_delta_json
 from audiochat.v1 import audiochat_pb2 as pb
 from service.usage import sent as usage_json_of
@@ -70,6 +71,7 @@ def turn_error_json(error: pb.TurnError) -> Json:
         "retryable": error.retryable,
         "retry_after_ms": error.retry_after_ms,
         "upstream_code": error.upstream_code,
+        "upstream": upstream_json(error.upstream) if error.HasField("upstream") else None,
     }
 
 

@@ -53,7 +53,7 @@ def encode_turn_event(event: pb.TurnEvent) -> bytes:
     return head + _dumps(JSON_OF[kind](event)) + b"\n\n"
 
 
-def encode_error(turn_id: str, sequence: int, code: str, message: str) -> bytes:
-    """The `error` event that ends a stream whose call failed after it started."""
-    body = _dumps({"error": {"code": code, "message": message}})
+def encode_error(turn_id: str, sequence: int, fields: dict[str, Any]) -> bytes:
+    """The `error` event ending a stream whose call failed after it started: {"error": EdgeError.fields()}."""
+    body = _dumps({"error": fields})
     return f"event: error\nid: {turn_id}:{sequence}\ndata: ".encode() + body + b"\n\n"

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import grpc
 
 from audiochat.v1 import audiochat_pb2 as pb
+from service import rich_status
 from service.errors import ERROR_CODE_KEY, RETRY_AFTER_MS_KEY, STATUS_ORIGIN_KEY
 
 log = logging.getLogger(__name__)
@@ -30,10 +32,21 @@ class EdgeError:
     message: str
     close_code: int  # WebSocket close code
     retry_after_ms: int = 0
+    param: str | None = None  # the request field at fault (the upstream's `param`, or ours)
+    upstream: pb.UpstreamError | None = None  # the upstream's own error, when it sent one
 
-    def body(self) -> dict[str, dict[str, str]]:
-        """The JSON error body of the SSE routes: {"error": {"code", "message"}}."""
-        return {"error": {"code": self.code, "message": self.message}}
+    def fields(self) -> dict[str, Any]:
+        """`code`, `message`, and `param` and `upstream` when known: the SSE and WebSocket error objects."""
+        result: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.param is not None:
+            result["param"] = self.param
+        if self.upstream is not None:
+            result["upstream"] = upstream_json(self.upstream)
+        return result
+
+    def body(self) -> dict[str, dict[str, Any]]:
+        """The JSON error body of the SSE routes: {"error": {"code", "message", "param"?, "upstream"?}}."""
+        return {"error": self.fields()}
 
     def headers(self) -> dict[str, str]:
         """Retry-After (whole seconds, rounded up) and retry-after-ms when the core gave a delay."""
@@ -45,11 +58,32 @@ class EdgeError:
         }
 
     def openai_body(self) -> dict[str, dict[str, str | None]]:
-        """OpenAI's error shape, so the SDKs raise their usual exception classes."""
+        """OpenAI's error shape, so the SDKs raise their usual exception classes; the upstream's own
+        type, code and param when the upstream refused."""
+        if self.upstream is not None:
+            upstream = self.upstream
+            return {
+                "error": {
+                    "message": self.message,
+                    "type": upstream.type,
+                    "param": upstream.param if upstream.HasField("param") else None,
+                    "code": upstream.code if upstream.HasField("code") else None,
+                }
+            }
         kind = _OPENAI_TYPES.get(
             self.http_status, "server_error" if self.http_status >= 500 else "invalid_request_error"
         )
-        return {"error": {"message": self.message, "type": kind, "param": None, "code": self.code}}
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+def upstream_json(error: pb.UpstreamError) -> dict[str, Any]:
+    """The upstream's error as it sent it: {"http_status", "type", "code", "param"} (null if absent)."""
+    return {
+        "http_status": error.http_status,
+        "type": error.type,
+        "code": error.code if error.HasField("code") else None,
+        "param": error.param if error.HasField("param") else None,
+    }
 
 
 _OPENAI_TYPES = {401: "authentication_error", 429: "rate_limit_exceeded", 409: "invalid_request_error"}
@@ -111,16 +145,19 @@ def _metadata(error: grpc.aio.AioRpcError, key: str) -> str:
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> EdgeError:
-    """Map a failed call per the design table."""
+    """Map a failed call per the design table, with the rich details (field, upstream error, retry delay)."""
+    rich = rich_status.parse(error)
     retry_ms_text = _metadata(error, RETRY_AFTER_MS_KEY)
-    retry_ms = int(retry_ms_text) if retry_ms_text.isdigit() else 0
-    upstream_failed = bool(_metadata(error, ERROR_CODE_KEY))
+    retry_ms = rich.retry_after_ms or (int(retry_ms_text) if retry_ms_text.isdigit() else 0)
+    upstream_failed = bool(_metadata(error, ERROR_CODE_KEY)) or rich.upstream is not None
     message = error.details() or error.code().name.lower()
     if not _metadata(error, STATUS_ORIGIN_KEY) and error.code() in _TRANSPORT_FAILURES:
         # Not the core's words but gRPC's, about reaching it: they name its address. Logged, not shown.
         log.warning("core call failed: %s", message, extra={"code": error.code().name})
         message = f"the service is unreachable ({unreachable_reason(error)}); retry later"
-    return _map(error.code(), message, retry_ms, upstream_failed)
+    return _with_upstream(
+        _map(error.code(), message, retry_ms, upstream_failed), rich.upstream, rich.field or None
+    )
 
 
 def from_turn_error(error: pb.TurnError) -> EdgeError:
@@ -129,7 +166,19 @@ def from_turn_error(error: pb.TurnError) -> EdgeError:
         # Not a gRPC status: the upstream answered, but not in its format (a bad gateway, like HTTP 502).
         return EdgeError(502, "upstream_malformed", error.message, 1011, error.retry_after_ms)
     status = _STATUS_BY_VALUE.get(error.code, grpc.StatusCode.UNAVAILABLE)
-    return _map(status, error.message or "the upstream failed", error.retry_after_ms, upstream_failed=True)
+    mapped = _map(status, error.message or "the upstream failed", error.retry_after_ms, upstream_failed=True)
+    upstream = error.upstream if error.HasField("upstream") else None
+    return _with_upstream(mapped, upstream, None)
+
+
+def _with_upstream(error: EdgeError, upstream: pb.UpstreamError | None, field: str | None) -> EdgeError:
+    """An upstream 4xx answers with the upstream's own status (400, 404, 422...), as the upstream would."""
+    if upstream is not None:
+        field = upstream.param if upstream.HasField("param") else field
+        if 400 <= upstream.http_status < 500 and upstream.http_status != 401:
+            error = replace(error, http_status=upstream.http_status)
+        return replace(error, param=field, upstream=upstream)
+    return replace(error, param=field) if field else error
 
 
 _STATUS_BY_VALUE = {status.value[0]: status for status in grpc.StatusCode}

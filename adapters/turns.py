@@ -123,7 +123,7 @@ async def _pump(edge: EdgeContext, call: Any, buffered: TurnLog) -> None:
             await edge.store.wait_for_room(buffered)
     except grpc.aio.AioRpcError as exc:
         error = from_rpc_error(exc)
-        buffered.append(encode_error(buffered.turn_id, buffered.last_sequence + 1, error.code, error.message))
+        buffered.append(encode_error(buffered.turn_id, buffered.last_sequence + 1, error.fields()))
     except asyncio.CancelledError:
         # Abandoned by its client, or the edge is stopping past its drain grace: end the turn upstream.
         call.cancel()
@@ -131,7 +131,7 @@ async def _pump(edge: EdgeContext, call: Any, buffered: TurnLog) -> None:
             log.info("turn %s abandoned: no client came back; stopped upstream", buffered.turn_id)
             return
         error = shutting_down()
-        buffered.append(encode_error(buffered.turn_id, buffered.last_sequence + 1, error.code, error.message))
+        buffered.append(encode_error(buffered.turn_id, buffered.last_sequence + 1, error.fields()))
         raise
     finally:
         buffered.finish()

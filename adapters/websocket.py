@@ -71,7 +71,7 @@ async def _close(websocket: WebSocket, error: EdgeError | None) -> None:
         if error is None:
             await websocket.close(1000)
             return
-        payload: dict[str, Any] = {"type": "error", "code": error.code, "message": error.message}
+        payload: dict[str, Any] = {"type": "error", **error.fields()}
         if error.retry_after_ms:
             payload["retry_after_ms"] = error.retry_after_ms
         await websocket.send_text(json.dumps(payload))

@@ -8,6 +8,7 @@ traceback goes to the log.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -15,6 +16,7 @@ from typing import Any, NoReturn
 import grpc
 
 from audiochat.v1 import audiochat_pb2 as pb
+from service.rich_status import status_details
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +79,15 @@ _STATUS_BY_ERROR_CODE: dict[int, grpc.StatusCode] = {
 
 @dataclass(slots=True)
 class UpstreamFailure:
-    """What went wrong upstream, before it is shaped for a client."""
+    """What went wrong upstream, before it is shaped for a client; `upstream` is the upstream's own error
+    object when it sent one (never for timeouts and broken connections)."""
 
     code: pb.ErrorCode.ValueType
     message: str
     retryable: bool
     retry_after_ms: int = 0
     upstream_code: str = ""
+    upstream: pb.UpstreamError | None = None
 
     def turn_error(self) -> pb.TurnError:
         """The in-band form, for TurnCompleted.error."""
@@ -93,7 +97,45 @@ class UpstreamFailure:
             retryable=self.retryable,
             retry_after_ms=self.retry_after_ms,
             upstream_code=self.upstream_code,
+            upstream=self.upstream,
         )
+
+
+# OpenAI puts the caller's organization id in some messages (rate limits): the gateway's, not the client's.
+_ORGANIZATION_ID = re.compile(r"\borg-(?=[A-Za-z0-9]*[0-9])[A-Za-z0-9]{6,}\b")
+
+
+def redact(message: str) -> str:
+    """The upstream's message with organization ids (org-...) replaced by `org-[redacted]`."""
+    return _ORGANIZATION_ID.sub("org-[redacted]", message)
+
+
+def upstream_error(http_status: int, error: Mapping[str, Any]) -> tuple[str, pb.UpstreamError]:
+    """The (redacted) message and the exact fields of an OpenAI-shaped error object `{"message", "type",
+    "param", "code"}`; values that are not strings are left out rather than guessed."""
+    result = pb.UpstreamError(http_status=http_status)
+    kind = _text(error.get("type"))
+    if kind is not None:
+        result.type = kind
+    code = error.get("code")
+    code = str(code) if isinstance(code, int) and not isinstance(code, bool) else _text(code)
+    if code is not None:
+        result.code = code
+    param = _text(error.get("param"))
+    if param is not None:
+        result.param = param
+    return redact(_text(error.get("message")) or ""), result
+
+
+def _text(value: object) -> str | None:
+    """A string that protobuf can carry (valid Unicode), else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value
 
 
 class TurnFailed(AudioChatError):
@@ -105,17 +147,28 @@ class TurnFailed(AudioChatError):
         self.code = _STATUS_BY_ERROR_CODE.get(failure.code, grpc.StatusCode.UNAVAILABLE)
 
 
-def status_for(error: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
-    """The status code, message and trailing metadata a failed call ends with."""
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+def status_for(error: BaseException) -> tuple[grpc.StatusCode, str, Metadata]:
+    """The status code, message and trailing metadata a failed call ends with: google.rpc.Status rich
+    details (service.rich_status), plus the plain `retry-after-ms` and `audiochat-error-code` trailers."""
     if isinstance(error, TurnFailed):
-        metadata: tuple[tuple[str, str], ...] = ()
-        if error.failure.retry_after_ms:
-            metadata = ((RETRY_AFTER_MS_KEY, str(error.failure.retry_after_ms)),)
-        if error.failure.upstream_code:
-            metadata += ((ERROR_CODE_KEY, error.failure.upstream_code),)
-        return error.code, error.message, metadata
+        failure = error.failure
+        metadata: Metadata = ()
+        if failure.retry_after_ms:
+            metadata = ((RETRY_AFTER_MS_KEY, str(failure.retry_after_ms)),)
+        if failure.upstream_code:
+            metadata += ((ERROR_CODE_KEY, failure.upstream_code),)
+        rich = status_details(
+            error.code, error.message, upstream=failure.upstream, retry_after_ms=failure.retry_after_ms
+        )
+        return error.code, error.message, metadata + rich
     if isinstance(error, Overloaded):
-        return error.code, error.message, ((RETRY_AFTER_MS_KEY, str(error.retry_after_ms)),)
+        rich = status_details(error.code, error.message, retry_after_ms=error.retry_after_ms)
+        return error.code, error.message, ((RETRY_AFTER_MS_KEY, str(error.retry_after_ms)), *rich)
+    if isinstance(error, InvalidInput):
+        return error.code, error.message, status_details(error.code, error.message, field=error.field)
     if isinstance(error, AudioChatError):
         return error.code, error.message, ()
     return grpc.StatusCode.INTERNAL, "internal error; the gateway logged the details", ()
@@ -134,18 +187,19 @@ _STREAM_ERROR_TYPES: dict[str, tuple[pb.ErrorCode.ValueType, bool]] = {
 
 def turn_error_from_stream_frame(error: Mapping[str, Any]) -> pb.TurnError:
     """The turn error for an `{"error": ...}` frame that arrived inside a 200 stream."""
-    upstream_code = str(error.get("code") or error.get("type") or "")
+    message, upstream = upstream_error(200, error)
+    upstream_code = (upstream.code if upstream.HasField("code") else "") or upstream.type
     code, retryable = pb.ERROR_CODE_UNAVAILABLE, True
-    for kind in (error.get("code"), error.get("type")):
+    for kind in (upstream.code, upstream.type):
         if kind in _STREAM_ERROR_TYPES:
             code, retryable = _STREAM_ERROR_TYPES[kind]
             break
-    message = error.get("message")
     return pb.TurnError(
         code=code,
-        message=message if isinstance(message, str) and message else "the upstream failed mid-answer",
+        message=message or "the upstream failed mid-answer",
         retryable=retryable,
         upstream_code=upstream_code,
+        upstream=upstream,
     )
 
 

@@ -19,7 +19,7 @@ import httpx2
 import openai
 
 from audiochat.v1 import audiochat_pb2 as pb
-from service.errors import TurnFailed, UpstreamFailure
+from service.errors import TurnFailed, UpstreamFailure, redact, upstream_error
 from service.sse_decoder import DONE, SSEDecoder
 
 log = logging.getLogger(__name__)
@@ -128,9 +128,21 @@ def failure_from_openai(exc: openai.APIError) -> UpstreamFailure:
         return UpstreamFailure(pb.ERROR_CODE_UNAVAILABLE, "the upstream could not be reached", True)
     upstream_code = str(exc.code or exc.type or "")
     if not isinstance(exc, openai.APIStatusError):
-        return UpstreamFailure(pb.ERROR_CODE_UNAVAILABLE, exc.message, True, upstream_code=upstream_code)
+        message, error = upstream_error(200, exc.body if isinstance(exc.body, Mapping) else {})
+        return UpstreamFailure(
+            pb.ERROR_CODE_UNAVAILABLE, message or redact(exc.message), True, 0, upstream_code, error
+        )
     status = exc.status_code
     retry_after_ms = retry_after_ms_from_headers(exc.response.headers)
+    # The SDK's message is "Error code: 400 - {...}"; the client gets the upstream's own words.
+    message, error = upstream_error(status, exc.body if isinstance(exc.body, Mapping) else {})
+    failure = _failure_for_status(status, message or f"the upstream answered HTTP {status}", upstream_code)
+    failure.retry_after_ms = retry_after_ms if failure.retryable or status == 429 else 0
+    failure.upstream = error
+    return failure
+
+
+def _failure_for_status(status: int, message: str, upstream_code: str) -> UpstreamFailure:
     if status == 401:
         # The upstream's message quotes part of the key: never pass it on.
         return UpstreamFailure(
@@ -141,19 +153,15 @@ def failure_from_openai(exc: openai.APIError) -> UpstreamFailure:
             upstream_code,
         )
     if status == 403:
-        return UpstreamFailure(pb.ERROR_CODE_PERMISSION_DENIED, exc.message, False, 0, upstream_code)
+        return UpstreamFailure(pb.ERROR_CODE_PERMISSION_DENIED, message, False, 0, upstream_code)
     if status == 408:
-        return UpstreamFailure(
-            pb.ERROR_CODE_DEADLINE_EXCEEDED, exc.message, True, retry_after_ms, upstream_code
-        )
+        return UpstreamFailure(pb.ERROR_CODE_DEADLINE_EXCEEDED, message, True, 0, upstream_code)
     if status == 429:
         retryable = upstream_code != "insufficient_quota"
-        return UpstreamFailure(
-            pb.ERROR_CODE_RESOURCE_EXHAUSTED, exc.message, retryable, retry_after_ms, upstream_code
-        )
+        return UpstreamFailure(pb.ERROR_CODE_RESOURCE_EXHAUSTED, message, retryable, 0, upstream_code)
     if status == 409 or status >= 500:
-        return UpstreamFailure(pb.ERROR_CODE_UNAVAILABLE, exc.message, True, retry_after_ms, upstream_code)
-    return UpstreamFailure(pb.ERROR_CODE_INVALID_ARGUMENT, exc.message, False, 0, upstream_code)
+        return UpstreamFailure(pb.ERROR_CODE_UNAVAILABLE, message, True, 0, upstream_code)
+    return UpstreamFailure(pb.ERROR_CODE_INVALID_ARGUMENT, message, False, 0, upstream_code)
 
 
 def retry_after_ms_from_headers(headers: Mapping[str, str]) -> int:

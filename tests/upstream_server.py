@@ -49,6 +49,8 @@ class FixtureUpstream:
         self.client_closed = asyncio.Event()
         self.streams_started = 0
         self.fail_next: list[str] = []  # "STATUS/CODE" answers for the next requests, whatever their model
+        # (status, body, headers) answers for the next requests, whatever their model
+        self.error_next: list[tuple[int, dict[str, Any], dict[str, str]]] = []
         self._http = EmbeddedHTTPServer(self)
         self.base_url = ""
 
@@ -72,6 +74,11 @@ class FixtureUpstream:
         request = json.loads(body)
         self.requests.append(request)
         self.raw_requests.append(body)
+        if self.error_next:
+            status, error_body, error_headers = self.error_next.pop(0)
+            headers = [(name.encode(), value.encode()) for name, value in error_headers.items()]
+            await respond(send, status, error_body, headers)
+            return
         model = f"status/{self.fail_next.pop(0)}" if self.fail_next else str(request.get("model", ""))
         kind, _, rest = model.partition("/")
         if kind == "status":

@@ -702,6 +702,7 @@ class TurnError(_message.Message):
     RETRYABLE_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     UPSTREAM_CODE_FIELD_NUMBER: _builtins.int
+    UPSTREAM_FIELD_NUMBER: _builtins.int
     code: Global___ErrorCode.ValueType
     """The class of failure."""
     message: _builtins.str
@@ -712,6 +713,12 @@ class TurnError(_message.Message):
     """How long to wait before retrying, when the upstream said so."""
     upstream_code: _builtins.str
     """The upstream's own error code or type (for example "rate_limit_exceeded"), when it gave one."""
+    @_builtins.property
+    def upstream(self) -> Global___UpstreamError:
+        """The upstream's error exactly as it sent it, when the upstream refused or failed the turn; unset for
+        failures of the connection (timeouts, resets) and of the gateway.
+        """
+
     def __init__(
         self,
         *,
@@ -720,14 +727,59 @@ class TurnError(_message.Message):
         retryable: _builtins.bool = ...,
         retry_after_ms: _builtins.int = ...,
         upstream_code: _builtins.str = ...,
+        upstream: Global___UpstreamError | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["upstream", b"upstream"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "retry_after_ms", b"retry_after_ms", "retryable", b"retryable", "upstream_code", b"upstream_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "retry_after_ms", b"retry_after_ms", "retryable", b"retryable", "upstream", b"upstream", "upstream_code", b"upstream_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TurnError: _TypeAlias = TurnError  # noqa: Y015
+
+@_typing.final
+class UpstreamError(_message.Message):
+    """UpstreamError is an OpenAI-shaped error (`{"error": {"message", "type", "param", "code"}}`) as the upstream
+    sent it. gRPC calls carry the same in google.rpc.Status details: ErrorInfo (domain "upstream", reason the
+    code or type, metadata http_status, type and code) and BadRequest (field = param).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    PARAM_FIELD_NUMBER: _builtins.int
+    http_status: _builtins.int
+    """HTTP status of the upstream's answer (400, 429...); 200 for an error frame inside a streamed answer."""
+    type: _builtins.str
+    """`error.type` (for example "invalid_request_error"); empty when the upstream sent none."""
+    code: _builtins.str
+    """`error.code` (for example "unsupported_format"); unset when the upstream sent null or nothing."""
+    param: _builtins.str
+    """`error.param`, the request field at fault (for example "messages"); unset when null or absent."""
+    def __init__(
+        self,
+        *,
+        http_status: _builtins.int = ...,
+        type: _builtins.str = ...,
+        code: _builtins.str | None = ...,
+        param: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_code", b"_code", "_param", b"_param", "code", b"code", "param", b"param"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_code", b"_code", "_param", b"_param", "code", b"code", "http_status", b"http_status", "param", b"param", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__code: _TypeAlias = _typing.Literal["code"]  # noqa: Y015
+    _WhichOneofArgType__code: _TypeAlias = _typing.Literal["_code", b"_code"]  # noqa: Y015
+    _WhichOneofReturnType__param: _TypeAlias = _typing.Literal["param"]  # noqa: Y015
+    _WhichOneofArgType__param: _TypeAlias = _typing.Literal["_param", b"_param"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__code) -> _WhichOneofReturnType__code | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__param) -> _WhichOneofReturnType__param | None: ...
+
+Global___UpstreamError: _TypeAlias = UpstreamError  # noqa: Y015
 
 @_typing.final
 class TurnStarted(_message.Message):
