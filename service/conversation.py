@@ -22,12 +22,15 @@ from dataclasses import dataclass
 
 from audiochat.v1 import audiochat_pb2 as pb
 from service import observe
+from service.audio import AudioFormatError
+from service.audio.decode import DecodeLimit, StreamDecoder
 from service.errors import InvalidInput, Overloaded, ShuttingDown, TurnFailed, UpstreamFailure, WrongState
 from service.hands_free import HandsFree, vad_settings
 from service.normalizer import SAMPLE_RATE_HZ
 from service.tool_input import CalledTool, PendingCalls, ToolEntry
 from service.turn import Turn
 from service.turn_input import (
+    OUTPUT_PCM16,
     AssistantEntry,
     Defaults,
     Entry,
@@ -37,6 +40,7 @@ from service.turn_input import (
     history_entries,
     resolve_settings,
     user_entry,
+    user_entry_off_loop,
 )
 from service.upstream import Upstream
 from service.vad.listener import Utterance
@@ -83,10 +87,17 @@ class Outbox:
 
 @dataclass(slots=True)
 class Recording:
-    """Push-to-talk audio buffered until commit."""
+    """Push-to-talk audio until commit: raw pcm16 buffered, a file (webm, ogg...) decoded as it arrives."""
 
     data: bytearray
     format: pb.AudioFormat | None = None
+    decoder: StreamDecoder | None = None
+    received_bytes: int = 0
+
+    def close(self) -> None:
+        """Drop what is buffered; stop the decoder's thread."""
+        if self.decoder is not None:
+            self.decoder.close()
 
 
 class Conversation:
@@ -146,7 +157,7 @@ class Conversation:
         elif kind == "tool_result":
             await self._tool_result(request.tool_result)
         elif kind == "clear_audio":
-            self._recording = Recording(bytearray())
+            self._new_recording().close()
             if self._hands_free is not None:
                 self._hands_free.drop()
         elif kind == "config":
@@ -163,9 +174,24 @@ class Conversation:
                 raise InvalidInput("an audio chunk changed format in the middle of a recording")
         elif recording.format is None:
             raise InvalidInput("the first audio chunk of a recording needs its format")
-        if len(recording.data) + len(chunk.data) > self._limits.max_turn_audio_bytes:
+        recording.received_bytes += len(chunk.data)
+        if recording.received_bytes > self._limits.max_turn_audio_bytes:
             raise TooLarge(f"the recording is over the limit of {self._limits.max_turn_audio_bytes} bytes")
-        recording.data += chunk.data
+        if recording.format.encoding == pb.AUDIO_ENCODING_PCM16:
+            recording.data += chunk.data
+            return
+        if recording.decoder is None:
+            recording.decoder = StreamDecoder(self._limits.decode_limits)
+        try:
+            recording.decoder.feed(chunk.data)
+        except DecodeLimit as exc:
+            raise TooLarge(f"recording refused: {exc}") from exc
+        except AudioFormatError as exc:
+            raise InvalidInput(f"unreadable recording: {exc}") from exc
+
+    def _new_recording(self) -> Recording:
+        recording, self._recording = self._recording, Recording(bytearray())
+        return recording
 
     async def _commit(self, commit: pb.Commit) -> None:
         if self._hands_free is not None:
@@ -175,15 +201,15 @@ class Conversation:
                 message = self._hands_free.message(utterance, commit.text)
                 await self._start(user_entry(message, self._limits, required=True), "manual")
                 return
-        recording, self._recording = self._recording, Recording(bytearray())
-        if recording.format is None:
-            message = pb.UserMessage(text=commit.text)
-        else:
-            audio = pb.AudioInput(data=bytes(recording.data), format=recording.format)
-            message = pb.UserMessage(text=commit.text, audio=audio)
+        recording = self._new_recording()
         if recording.format is None and not commit.text.strip():
             raise InvalidInput("empty turn: commit without audio or text")
-        await self._start(user_entry(message, self._limits, required=True), "manual")
+        message = pb.UserMessage(text=commit.text)
+        if recording.decoder is not None:
+            message.audio.CopyFrom(await _decoded(recording.decoder))
+        elif recording.format is not None:
+            message.audio.CopyFrom(pb.AudioInput(data=bytes(recording.data), format=recording.format))
+        await self._start(await user_entry_off_loop(message, self._limits, required=True), "manual")
 
     async def _hear(self, chunk: pb.AudioChunk) -> None:
         assert self._hands_free is not None
@@ -398,6 +424,7 @@ class Conversation:
 
     def cancel(self) -> None:
         """The call is over: stop the running answer now; its task closes the upstream connection."""
+        self._new_recording().close()
         if self._task is not None:
             self._task.cancel()
 
@@ -411,6 +438,17 @@ class Conversation:
 def overloaded_failure(exc: Overloaded) -> UpstreamFailure:
     """A turn refused by our own limit, as an in-band, retryable turn error with its delay."""
     return UpstreamFailure(pb.ERROR_CODE_RESOURCE_EXHAUSTED, exc.message, True, exc.retry_after_ms)
+
+
+async def _decoded(decoder: StreamDecoder) -> pb.AudioInput:
+    """The end of a streamed recording decoded (off the event loop), as 24 kHz pcm16."""
+    try:
+        decoded = await asyncio.to_thread(decoder.finish)
+    except DecodeLimit as exc:
+        raise TooLarge(f"recording refused: {exc}") from exc
+    except AudioFormatError as exc:
+        raise InvalidInput(f"unreadable recording: {exc}") from exc
+    return pb.AudioInput(data=decoded.pcm, format=OUTPUT_PCM16)
 
 
 def heard_part(transcript: str, played_ms: int, audio_ms: int) -> str:

@@ -187,7 +187,12 @@ class Normalizer:
         step = self._max_audio_bytes
         for offset in range(0, len(pcm), step):
             piece = pcm[offset : offset + step]
-            audio_delta = pb.AudioDelta(data=piece, format=OUTPUT_FORMAT, start_sample=self._next_sample)
+            audio_delta = pb.AudioDelta(
+                data=piece,
+                format=OUTPUT_FORMAT,
+                start_sample=self._next_sample,
+                samples=len(piece) // BYTES_PER_SAMPLE,
+            )
             deltas.append(pb.TurnEvent(audio=audio_delta))
             self._next_sample += len(piece) // BYTES_PER_SAMPLE
 

@@ -16,7 +16,14 @@ from service.admission import DEFAULT_MAX_CONVERSATIONS, Admission, let_client_f
 from service.conversation import Conversation
 from service.errors import Overloaded, ShuttingDown, TurnFailed, WrongState, abort
 from service.turn import Turn
-from service.turn_input import Defaults, Limits, history_entries, resolve_settings, turn_user_entry
+from service.turn_input import (
+    Defaults,
+    Limits,
+    history_entries,
+    input_required,
+    resolve_settings,
+    user_entry_off_loop,
+)
 from service.upstream import Upstream
 
 ServicerContext = grpc.aio.ServicerContext[object, object]
@@ -88,7 +95,9 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                     upstream=self._upstream,
                     settings=resolve_settings(request.config, self._defaults),
                     history=history,
-                    user=turn_user_entry(request.input, history, self._limits),
+                    user=await user_entry_off_loop(
+                        request.input, self._limits, required=input_required(history)
+                    ),
                     max_audio_delta_bytes=self._limits.max_audio_delta_bytes,
                 )
                 try:

@@ -40,6 +40,7 @@ class Settings:
     upstream_max_retries: int = 2
     max_turn_audio_bytes: int = 20 * 1024 * 1024
     max_turn_audio_seconds: float = 300.0
+    max_audio_decode_seconds: float = 10.0  # time to decode one recording (m4a, webm, ogg, flac...)
     log_level: str = "info"
     offline_realtime_factor: float = 0.0  # 0: the offline voice streams as fast as it speaks
     # The HTTP/WebSocket edge (adapters/); see adapters/README-edge.md.
@@ -76,6 +77,7 @@ class Settings:
         return Limits(
             max_turn_audio_bytes=self.max_turn_audio_bytes,
             max_turn_audio_seconds=self.max_turn_audio_seconds,
+            max_audio_decode_seconds=self.max_audio_decode_seconds,
             # Half the message limit leaves the rest of the event (and gRPC's framing) ample room.
             max_audio_delta_bytes=min(Limits().max_audio_delta_bytes, self.max_message_bytes // 2),
         )

@@ -5,17 +5,31 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
 
 from audiochat.v1 import audiochat_pb2 as pb
+from service.answer_audio import AnswerEncoder
 from service.errors import TurnFailed, UpstreamFailure
-from service.normalizer import MAX_AUDIO_DELTA_BYTES, OUTPUT_FORMAT, SAMPLE_RATE_HZ, Normalizer, Outcome
+from service.normalizer import MAX_AUDIO_DELTA_BYTES, SAMPLE_RATE_HZ, Normalizer, Outcome
 from service.turn_input import Entry, TurnSettings, UserEntry
 from service.upstream import ChunkStream, Upstream
 from service.upstream_request import build_params, refers_to_audio_ids
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _encoder_for(settings: TurnSettings) -> Iterator[AnswerEncoder | None]:
+    """The answer's encoder, or None for pcm16 (passed on as the upstream sends it); closed at the end."""
+    if not settings.speaks or settings.output_format.encoding == pb.AUDIO_ENCODING_PCM16:
+        yield None
+        return
+    encoder = AnswerEncoder(settings.output_format)
+    try:
+        yield encoder
+    finally:
+        encoder.close()
 
 
 class Turn:
@@ -57,6 +71,7 @@ class Turn:
             self.chunk_read_at = self._clock()
             self.upstream_request_id = stream.request_id
             yield self._number(pb.TurnEvent(started=self._started()))
+            encoder = stack.enter_context(_encoder_for(self.settings))
             error: pb.TurnError | None = None
             try:
                 async for chunk in stream.chunks():
@@ -64,11 +79,18 @@ class Turn:
                     if self.upstream_first_byte_at is None:
                         self.upstream_first_byte_at = self.chunk_read_at
                     for event in self._normalizer.feed(chunk):
-                        yield self._number(event)
+                        if encoder is not None and event.HasField("audio"):
+                            for delta in encoder.feed(event.audio):
+                                yield self._number(pb.TurnEvent(audio=delta))
+                        else:
+                            yield self._number(event)
                     if self._normalizer.failed:
                         break
             except TurnFailed as exc:
                 error = exc.failure.turn_error()
+            # Even a failed answer ends as a whole file: what arrived stays playable to its end.
+            for delta in encoder.finish() if encoder is not None else ():
+                yield self._number(pb.TurnEvent(audio=delta))
             outcome = self._normalizer.finish(stream.saw_done)
             if error is not None:
                 outcome.reason, outcome.error = pb.FINISH_REASON_ERROR, error
@@ -92,7 +114,7 @@ class Turn:
     def _started(self) -> pb.TurnStarted:
         return pb.TurnStarted(
             model=self.settings.model,
-            audio_format=OUTPUT_FORMAT if self.settings.speaks else None,
+            audio_format=self.settings.output_format if self.settings.speaks else None,
             input_audio_ms=self.user.audio.duration_ms if self.user.audio else 0,
             upstream_request_id=self.upstream_request_id,
         )

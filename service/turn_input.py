@@ -6,6 +6,7 @@ message wherever it came from (StreamTurn, Converse, or an edge adapter through 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import struct
@@ -14,7 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audiochat.v1 import audiochat_pb2 as pb
-from service.audio import AudioFormatError, mp3_duration_seconds, parse_wav, wrap_pcm16_as_wav
+from service.audio import AudioFormatError, parse_wav, wrap_pcm16_as_wav
+from service.audio.decode import DecodeLimit, DecodeLimits, decode_file
+from service.audio.encode import MAX_BITRATE_BPS, MIN_BITRATE_BPS, OutputEncoding
+from service.audio.sniff import sniff
 from service.errors import InvalidInput, WrongState
 from service.pass_through import check_params, parse_extra_body
 from service.tool_input import CalledTool, PendingCalls, ToolEntry, called_tools, tool_params
@@ -22,6 +26,22 @@ from service.tool_input import CalledTool, PendingCalls, ToolEntry, called_tools
 STREAMED_SAMPLE_RATE_HZ = 24_000
 MIN_PCM_SAMPLE_RATE_HZ = 8_000
 MAX_PCM_SAMPLE_RATE_HZ = 96_000
+
+
+# The model's own output: what the upstream streams, and the default answer format.
+OUTPUT_PCM16 = pb.AudioFormat(
+    encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=STREAMED_SAMPLE_RATE_HZ, channels=1
+)
+# Encodings an answer can be delivered in, by the name the encoder knows them by.
+OUTPUT_ENCODINGS: dict[int, OutputEncoding] = {
+    pb.AUDIO_ENCODING_PCM16: "pcm16",
+    pb.AUDIO_ENCODING_WAV: "wav",
+    pb.AUDIO_ENCODING_OPUS: "opus",
+    pb.AUDIO_ENCODING_WEBM_OPUS: "webm_opus",
+    pb.AUDIO_ENCODING_AAC: "aac",
+    pb.AUDIO_ENCODING_MP3: "mp3",
+    pb.AUDIO_ENCODING_FLAC: "flac",
+}
 
 
 class TooLarge(InvalidInput):
@@ -34,10 +54,16 @@ class Limits:
 
     max_turn_audio_bytes: int = 20 * 1024 * 1024
     max_turn_audio_seconds: float = 300.0
+    max_audio_decode_seconds: float = 10.0
     max_text_chars: int = 200_000
     max_history_items: int = 500
     # Bytes of pcm16 per AudioDelta: a bigger upstream piece is split, so no event exceeds the gRPC limit.
     max_audio_delta_bytes: int = 1024 * 1024
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        """The bounds the audio decoder applies."""
+        return DecodeLimits(self.max_turn_audio_seconds, self.max_audio_decode_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +88,8 @@ class TurnSettings:
     extra_body: Mapping[str, Any] = field(default_factory=dict)
     # The upstream's tools, tool_choice and parallel_tool_calls, as the client set them (service.tool_input).
     tools: dict[str, Any] = field(default_factory=dict)
+    # The answer's audio as AudioDeltas carry it: pcm16 as the upstream sends it, or what it is encoded into.
+    output_format: pb.AudioFormat = field(default_factory=lambda: OUTPUT_PCM16)
 
     @property
     def speaks(self) -> bool:
@@ -107,11 +135,7 @@ def resolve_settings(config: pb.TurnConfig, defaults: Defaults) -> TurnSettings:
         raise InvalidInput(f"unknown modality {sorted(unknown)[0]}")
     # Audio always comes with its transcript upstream, so "audio" alone means text and audio.
     speaks = not modalities - {pb.MODALITY_UNSPECIFIED} or pb.MODALITY_AUDIO in modalities
-    output = config.output_audio_format
-    if output.encoding not in (pb.AUDIO_ENCODING_UNSPECIFIED, pb.AUDIO_ENCODING_PCM16):
-        raise InvalidInput("streamed answers are pcm16 only: leave output_audio_format unset or pcm16")
-    if output.sample_rate_hz not in (0, STREAMED_SAMPLE_RATE_HZ) or output.channels not in (0, 1):
-        raise InvalidInput("streamed answers are mono pcm16 at 24000 Hz")
+    output_format = output_audio_format(config.output_audio_format)
     temperature = shortest_float32(config.temperature) if config.HasField("temperature") else None
     if temperature is not None and not (0.0 <= temperature <= 2.0 and math.isfinite(temperature)):
         raise InvalidInput("temperature must be between 0 and 2", "config.temperature")
@@ -130,6 +154,7 @@ def resolve_settings(config: pb.TurnConfig, defaults: Defaults) -> TurnSettings:
         temperature=temperature,
         extra_body=extra_body,
         tools=tool_params(config),
+        output_format=output_format,
     )
 
 
@@ -146,36 +171,88 @@ def shortest_float32(value: float) -> float:
     return value
 
 
+def output_audio_format(output: pb.AudioFormat) -> pb.AudioFormat:
+    """The answer's AudioFormat: 24 kHz mono in an encoding of OUTPUT_ENCODINGS, with its bitrate if any."""
+    encoding = output.encoding or pb.AUDIO_ENCODING_PCM16
+    if encoding not in OUTPUT_ENCODINGS:
+        names = ", ".join(OUTPUT_ENCODINGS.values())
+        raise InvalidInput(f"output_audio_format.encoding {_encoding_name(encoding)} is not one of {names}")
+    if output.sample_rate_hz not in (0, STREAMED_SAMPLE_RATE_HZ) or output.channels not in (0, 1):
+        raise InvalidInput("output_audio_format: answers are mono at 24000 Hz (sample_rate_hz, channels)")
+    if output.bitrate_bps and not MIN_BITRATE_BPS <= output.bitrate_bps <= MAX_BITRATE_BPS:
+        raise InvalidInput(
+            f"output_audio_format.bitrate_bps must be between {MIN_BITRATE_BPS} and {MAX_BITRATE_BPS}"
+        )
+    resolved = pb.AudioFormat(encoding=encoding, sample_rate_hz=STREAMED_SAMPLE_RATE_HZ, channels=1)
+    if OUTPUT_ENCODINGS[encoding] in ("opus", "webm_opus", "aac", "mp3"):
+        resolved.bitrate_bps = output.bitrate_bps
+    return resolved
+
+
+def _encoding_name(encoding: int) -> str:
+    if encoding in pb.AudioEncoding.values():
+        return pb.AudioEncoding.Name(encoding).removeprefix("AUDIO_ENCODING_").lower()  # type: ignore[arg-type]
+    return str(encoding)
+
+
 def prepare_audio(audio: pb.AudioInput, limits: Limits) -> PreparedAudio:
-    """Check user audio and turn it into a file the upstream accepts (pcm16 is wrapped as WAV)."""
+    """Check user audio and turn it into a file the upstream accepts: mp3 and 24 kHz mono 16-bit wav as they
+    are, raw pcm16 wrapped as wav, any other accepted file decoded to 24 kHz mono pcm16 wav.
+
+    The container is sniffed from the bytes: the encoding a client names only matters for raw pcm16.
+    May take up to limits.max_audio_decode_seconds: call it off the event loop (see `user_entry_off_loop`).
+    """
     data = audio.data
-    encoding = audio.format.encoding
     if not data:
         raise InvalidInput("audio is empty")
     if len(data) > limits.max_turn_audio_bytes:
         raise TooLarge(f"audio of {len(data)} bytes is over the limit of {limits.max_turn_audio_bytes} bytes")
-    try:
-        if encoding == pb.AUDIO_ENCODING_PCM16:
-            prepared = _prepare_pcm16(data, audio.format)
-        elif encoding == pb.AUDIO_ENCODING_WAV:
-            info = parse_wav(data)
-            prepared = PreparedAudio(_b64(data), "wav", round(info.duration_seconds * 1000))
-        elif encoding == pb.AUDIO_ENCODING_MP3:
-            prepared = PreparedAudio(_b64(data), "mp3", round(mp3_duration_seconds(data) * 1000))
-        elif encoding == pb.AUDIO_ENCODING_UNSPECIFIED:
-            raise InvalidInput("audio format.encoding is required (pcm16, wav or mp3)")
-        else:
-            raise InvalidInput(f"unknown audio encoding {encoding}; supported: pcm16, wav, mp3")
-    except AudioFormatError as exc:
-        raise InvalidInput(
-            f"unreadable {pb.AudioEncoding.Name(encoding).removeprefix('AUDIO_ENCODING_')}: {exc}"
-        ) from exc
-    if prepared.duration_ms > limits.max_turn_audio_seconds * 1000:
-        raise TooLarge(
-            f"audio of {prepared.duration_ms / 1000:.1f} s is over the limit"
-            f" of {limits.max_turn_audio_seconds:g} s"
-        )
+    encoding = audio.format.encoding
+    if encoding == pb.AUDIO_ENCODING_PCM16:
+        prepared = _prepare_pcm16(data, audio.format)
+    elif encoding in pb.AudioEncoding.values():
+        prepared = _prepare_file(data, limits, _encoding_name(encoding))
+    else:
+        raise InvalidInput(f"unknown audio encoding {encoding}; send pcm16 with its rate, or a file")
+    _check_duration(prepared.duration_ms, limits)
     return prepared
+
+
+def _prepare_file(data: bytes, limits: Limits, declared: str) -> PreparedAudio:
+    container = sniff(data)
+    # Errors name what the bytes are, else what the client said they were.
+    name = (container or ("audio" if declared == "unspecified" else declared)).upper()
+    try:
+        if container == "mp3":
+            # Decoded only to check it and to measure it without the encoder's delay and padding.
+            duration_ms = decode_file(data, limits.decode_limits).duration_ms
+            return PreparedAudio(_b64(data), "mp3", duration_ms)
+        if container == "wav":
+            info = parse_wav(data)
+            if (info.sample_rate, info.channels, info.bits_per_sample) == (STREAMED_SAMPLE_RATE_HZ, 1, 16):
+                return PreparedAudio(_b64(data), "wav", round(info.duration_seconds * 1000))
+            # A long WAV is refused by its header, before decoding a byte of it.
+            _check_duration(round(info.duration_seconds * 1000), limits)
+        decoded = decode_file(data, limits.decode_limits)
+    except DecodeLimit as exc:
+        raise TooLarge(f"{name} audio refused: {exc}") from exc
+    except AudioFormatError as exc:
+        raise InvalidInput(f"unreadable {name}: {exc}") from exc
+    return decoded_audio(decoded.pcm)
+
+
+def decoded_audio(pcm: bytes) -> PreparedAudio:
+    """24 kHz mono pcm16 from the decoder, as the wav file the upstream takes."""
+    return PreparedAudio(
+        _b64(wrap_pcm16_as_wav(pcm)), "wav", len(pcm) * 1000 // (2 * STREAMED_SAMPLE_RATE_HZ)
+    )
+
+
+def _check_duration(duration_ms: int, limits: Limits) -> None:
+    if duration_ms > limits.max_turn_audio_seconds * 1000:
+        raise TooLarge(
+            f"audio of {duration_ms / 1000:.1f} s is over the limit of {limits.max_turn_audio_seconds:g} s"
+        )
 
 
 def _prepare_pcm16(data: bytes, audio_format: pb.AudioFormat) -> PreparedAudio:
@@ -206,10 +283,18 @@ def user_entry(message: pb.UserMessage, limits: Limits, *, required: bool) -> Us
     return UserEntry(text=message.text, audio=audio)
 
 
-def turn_user_entry(message: pb.UserMessage, history: Sequence[Entry], limits: Limits) -> UserEntry:
-    """Validate a turn's new input: it may be empty only to continue after the history's tool results."""
-    continues = bool(history) and isinstance(history[-1], ToolEntry)
-    return user_entry(message, limits, required=not continues)
+def input_required(history: Sequence[Entry]) -> bool:
+    """Whether a turn's new input must hold text or audio: it may be empty only to continue after the
+    history's tool results."""
+    return not (bool(history) and isinstance(history[-1], ToolEntry))
+
+
+async def user_entry_off_loop(message: pb.UserMessage, limits: Limits, *, required: bool) -> UserEntry:
+    """`user_entry`, on a worker thread when it has a file to decode: decoding never stalls other streams."""
+    audio = message.audio if message.HasField("audio") else None
+    if audio is None or audio.format.encoding == pb.AUDIO_ENCODING_PCM16:
+        return user_entry(message, limits, required=required)
+    return await asyncio.to_thread(user_entry, message, limits, required=required)
 
 
 def history_entries(items: Iterable[pb.HistoryItem], limits: Limits) -> list[Entry]:

@@ -61,10 +61,10 @@ CASES: dict[str, tuple[Call, grpc.StatusCode, str]] = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "unknown audio encoding",
     ),
-    "missing encoding": (
+    "no encoding and no known container": (
         lambda s: stream_turn(s, audio_request(b"\0\0", pb.AudioFormat())),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "encoding is required",
+        "unreadable AUDIO: unrecognised data starting with 00 00 is not a supported format",
     ),
     "corrupt wav": (
         lambda s: stream_turn(s, audio_request(CORRUPT_WAV, pb.AudioFormat(encoding=pb.AUDIO_ENCODING_WAV))),
@@ -119,12 +119,12 @@ CASES: dict[str, tuple[Call, grpc.StatusCode, str]] = {
         lambda s: stream_turn(
             s,
             pb.StreamTurnRequest(
-                config=pb.TurnConfig(output_audio_format=pb.AudioFormat(encoding=pb.AUDIO_ENCODING_WAV)),
+                config=pb.TurnConfig(output_audio_format=pb.AudioFormat(encoding=pb.AUDIO_ENCODING_M4A)),
                 input=pb.UserMessage(text="hi"),
             ),
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "pcm16 only",
+        "output_audio_format.encoding m4a is not one of pcm16, wav, opus",
     ),
     "temperature out of range": (
         lambda s: stream_turn(

@@ -32,7 +32,19 @@ class _AudioEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AudioEn
     AUDIO_ENCODING_WAV: _AudioEncoding.ValueType  # 2
     """A whole RIFF/WAVE file (PCM)."""
     AUDIO_ENCODING_MP3: _AudioEncoding.ValueType  # 3
-    """A whole MPEG-1/2 Layer III file."""
+    """MPEG-1/2 Layer III frames (an .mp3 file, or a stream of frames when output)."""
+    AUDIO_ENCODING_OPUS: _AudioEncoding.ValueType  # 4
+    """Opus in Ogg (OpenAI's "opus"; .ogg/.opus files, Android and Firefox recordings)."""
+    AUDIO_ENCODING_WEBM_OPUS: _AudioEncoding.ValueType  # 5
+    """Opus in WebM (Chrome's MediaRecorder; Media Source in browsers)."""
+    AUDIO_ENCODING_AAC: _AudioEncoding.ValueType  # 6
+    """AAC in ADTS frames (OpenAI's "aac"; iOS and Android play it while it streams)."""
+    AUDIO_ENCODING_FLAC: _AudioEncoding.ValueType  # 7
+    """FLAC (a .flac file, or a stream whose STREAMINFO has no total length when output)."""
+    AUDIO_ENCODING_M4A: _AudioEncoding.ValueType  # 8
+    """AAC in an MP4 container (.m4a voice notes of iOS and Android); input only."""
+    AUDIO_ENCODING_VORBIS: _AudioEncoding.ValueType  # 9
+    """Vorbis in Ogg; input only."""
 
 class AudioEncoding(_AudioEncoding, metaclass=_AudioEncodingEnumTypeWrapper):
     """AudioEncoding names how audio bytes are encoded."""
@@ -44,7 +56,19 @@ AUDIO_ENCODING_PCM16: AudioEncoding.ValueType  # 1
 AUDIO_ENCODING_WAV: AudioEncoding.ValueType  # 2
 """A whole RIFF/WAVE file (PCM)."""
 AUDIO_ENCODING_MP3: AudioEncoding.ValueType  # 3
-"""A whole MPEG-1/2 Layer III file."""
+"""MPEG-1/2 Layer III frames (an .mp3 file, or a stream of frames when output)."""
+AUDIO_ENCODING_OPUS: AudioEncoding.ValueType  # 4
+"""Opus in Ogg (OpenAI's "opus"; .ogg/.opus files, Android and Firefox recordings)."""
+AUDIO_ENCODING_WEBM_OPUS: AudioEncoding.ValueType  # 5
+"""Opus in WebM (Chrome's MediaRecorder; Media Source in browsers)."""
+AUDIO_ENCODING_AAC: AudioEncoding.ValueType  # 6
+"""AAC in ADTS frames (OpenAI's "aac"; iOS and Android play it while it streams)."""
+AUDIO_ENCODING_FLAC: AudioEncoding.ValueType  # 7
+"""FLAC (a .flac file, or a stream whose STREAMINFO has no total length when output)."""
+AUDIO_ENCODING_M4A: AudioEncoding.ValueType  # 8
+"""AAC in an MP4 container (.m4a voice notes of iOS and Android); input only."""
+AUDIO_ENCODING_VORBIS: AudioEncoding.ValueType  # 9
+"""Vorbis in Ogg; input only."""
 Global___AudioEncoding: _TypeAlias = AudioEncoding  # noqa: Y015
 
 class _Modality:
@@ -247,29 +271,40 @@ Global___TurnDetectionType: _TypeAlias = TurnDetectionType  # noqa: Y015
 
 @_typing.final
 class AudioFormat(_message.Message):
-    """AudioFormat describes a piece of audio."""
+    """AudioFormat describes a piece of audio.
+
+    Input files (every encoding but pcm16) are recognised from their bytes: the container found there wins
+    over the encoding named, and AUDIO_ENCODING_UNSPECIFIED means "find out". They are decoded, downmixed and
+    resampled to the model's 24 kHz mono pcm16 (mp3 and pcm wav at 24 kHz go through unchanged).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ENCODING_FIELD_NUMBER: _builtins.int
     SAMPLE_RATE_HZ_FIELD_NUMBER: _builtins.int
     CHANNELS_FIELD_NUMBER: _builtins.int
+    BITRATE_BPS_FIELD_NUMBER: _builtins.int
     encoding: Global___AudioEncoding.ValueType
     """How the bytes are encoded."""
     sample_rate_hz: _builtins.int
     """Samples per second; required for pcm16 input, always 24000 for the model's output."""
     channels: _builtins.int
     """Channel count; only mono (1) is supported for pcm16. Zero means mono."""
+    bitrate_bps: _builtins.int
+    """Output only: target bitrate in bits per second for opus, webm_opus, aac and mp3 (zero: the
+    encoding's speech default, 32000 for Opus, 48000 for AAC and MP3). Ignored for pcm16, wav and flac.
+    """
     def __init__(
         self,
         *,
         encoding: Global___AudioEncoding.ValueType = ...,
         sample_rate_hz: _builtins.int = ...,
         channels: _builtins.int = ...,
+        bitrate_bps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "encoding", b"encoding", "sample_rate_hz", b"sample_rate_hz"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitrate_bps", b"bitrate_bps", "channels", b"channels", "encoding", b"encoding", "sample_rate_hz", b"sample_rate_hz"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -324,7 +359,10 @@ class TurnConfig(_message.Message):
 
     @_builtins.property
     def output_audio_format(self) -> Global___AudioFormat:
-        """Format of AudioDelta.data; only pcm16 at 24000 Hz can be streamed, and unspecified means that."""
+        """Format of AudioDelta.data: pcm16 (unspecified means pcm16 at 24000 Hz), or an encoding the gateway
+        encodes the 24 kHz pcm16 answer into as it arrives: opus, webm_opus, aac, mp3, flac, wav (a streamed
+        WAV whose header leaves the sizes unset). sample_rate_hz and channels must be 0 or 24000 and 1.
+        """
 
     @_builtins.property
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
@@ -845,20 +883,36 @@ Global___TextDelta: _TypeAlias = TextDelta  # noqa: Y015
 
 @_typing.final
 class AudioDelta(_message.Message):
-    """AudioDelta is the next piece of speech."""
+    """AudioDelta is the next piece of speech.
+
+    For an encoded answer (output_audio_format other than pcm16) the deltas concatenated are one file:
+    the first delta of a turn holds the container and codec headers (and no samples), so a client can
+    start decoding at once; the others hold whole codec frames, in order. Sample positions and counts
+    still count the 24 kHz source samples the answer's pcm16 would have had, so barge-in and played_ms
+    work the same whatever the encoding.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DATA_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     START_SAMPLE_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
-    """Raw audio bytes in format; for pcm16 always a whole number of samples."""
+    """Audio bytes in format; for pcm16 always a whole number of samples."""
     start_sample: _builtins.int
-    """Index of data's first sample within this turn's audio, so a client can place and trim exactly."""
+    """Index of data's first sample within this turn's audio, so a client can place and trim exactly.
+    For encoded audio: the number of 24 kHz source samples that had gone into the encoder before the
+    samples this delta accounts for (its data may trail them by the codec's delay, a frame or two).
+    """
+    samples: _builtins.int
+    """24 kHz source samples this delta accounts for: len(data)/2 for pcm16; for encoded audio the samples
+    that went into the encoder since the previous delta (0 for the header delta; the last delta, the
+    encoder's flush, carries the rest). They add up to TurnCompleted.audio_samples.
+    """
     @_builtins.property
     def format(self) -> Global___AudioFormat:
-        """How data is encoded."""
+        """How data is encoded (the encoding of TurnStarted.audio_format)."""
 
     def __init__(
         self,
@@ -866,10 +920,11 @@ class AudioDelta(_message.Message):
         data: _builtins.bytes = ...,
         format: Global___AudioFormat | None = ...,
         start_sample: _builtins.int = ...,
+        samples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "format", b"format", "start_sample", b"start_sample"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "format", b"format", "samples", b"samples", "start_sample", b"start_sample"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
