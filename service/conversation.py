@@ -205,7 +205,10 @@ class Conversation:
         if recording.format is None and not commit.text.strip():
             raise InvalidInput("empty turn: commit without audio or text")
         message = pb.UserMessage(text=commit.text)
-        if recording.decoder is not None:
+        whole = recording.decoder.kept_whole() if recording.decoder is not None else None
+        if whole is not None:
+            message.audio.CopyFrom(pb.AudioInput(data=whole, format=recording.format))
+        elif recording.decoder is not None:
             message.audio.CopyFrom(await _decoded(recording.decoder))
         elif recording.format is not None:
             message.audio.CopyFrom(pb.AudioInput(data=bytes(recording.data), format=recording.format))

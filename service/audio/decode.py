@@ -180,12 +180,16 @@ class _Pipe(io.RawIOBase):
         return data
 
 
+# Containers a StreamDecoder keeps whole: MP4 needs its index, which phones write last; WAV and MP3 may go
+# to the model as they are, so they are not decoded here at all (see `kept_whole`).
+KEPT_WHOLE: frozenset[Container] = frozenset({"m4a", "wav", "mp3"})
+
+
 class StreamDecoder:
     """Decodes one recording sent in pieces, while it arrives; `finish()` at its end returns all of it.
 
     `feed` never blocks and raises the error of a decode that already failed, so a client learns at the
-    next piece that its recording is unreadable. MP4 needs its index, which phones write last, so an m4a
-    is kept whole and decoded by `finish()`.
+    next piece that its recording is unreadable. KEPT_WHOLE containers are only buffered.
     """
 
     def __init__(self, limits: DecodeLimits) -> None:
@@ -214,7 +218,7 @@ class StreamDecoder:
     def _begin(self) -> None:
         head, self._head = self._head, b""
         container = container_of(head)
-        if container == "m4a":
+        if container in KEPT_WHOLE:
             self._whole = [head]
             return
         self._pipe = _Pipe()
@@ -236,6 +240,10 @@ class StreamDecoder:
     def _raise_failure(self) -> None:
         if isinstance(self._result, AudioFormatError):
             raise self._result
+
+    def kept_whole(self) -> bytes | None:
+        """The recording's bytes if its container is one of KEPT_WHOLE (decided by its first bytes)."""
+        return b"".join(self._whole) if self._whole is not None else None
 
     def finish(self) -> Decoded:
         """The whole recording decoded; blocks for at most the decode time limit (call it off the loop)."""
