@@ -41,6 +41,7 @@ test: $(VENV)/.installed-dev $(CHROMIUM) lint
 # BENCH_ARGS=--quick for a few minutes). Writes build/bench/ (untracked); method: benchmarks/README.md.
 BENCH_ARGS ?=
 bench: $(VENV)/.installed-dev
+	$(BIN)/python -m benchmarks.codecs
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 # The same with LiteLLM's proxy (one worker, no database) as a row. LiteLLM is heavy and never part of

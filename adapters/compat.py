@@ -1,9 +1,10 @@
 """`POST /v1/chat/completions`: OpenAI-compatible answers from StreamTurn; client code changes base_url only.
 
-Streaming answers keep the upstream's chunk shapes but normalized: audio pieces hold whole samples, and
+Streaming answers keep the upstream's chunk shapes but normalized: audio pieces hold whole samples (pcm16)
+or whole codec frames (any other `audio.format`, encoded by the core), and
 every answer ends with a finish_reason chunk (the upstream often omits it). The audio id, known to the
 core only at the end, arrives with `expires_at` in the last audio chunk. Non-streaming answers carry the
-whole file, encoded here from the pcm16 stream.
+whole file: a wav made here from the pcm16 (with its real sizes), or the core's encoded deltas joined.
 """
 
 from __future__ import annotations

@@ -10,12 +10,15 @@ from typing import Any
 
 from adapters.status import EdgeError
 from adapters.tool_json import ToolJsonError, set_tools, tool_calls, tool_result
+from adapters.turn_request import ENCODINGS, OUTPUT_ENCODINGS
 from audiochat.v1 import audiochat_pb2 as pb
 from service.pass_through import Refused, check_json, check_params
 
-# Without streaming the gateway encodes the answer itself, from the pcm16 stream.
-ENCODED_FORMATS = ("wav", "pcm16")
-_INPUT_FORMATS = {"wav": pb.AUDIO_ENCODING_WAV, "mp3": pb.AUDIO_ENCODING_MP3}
+# The gateway streams pcm16 from the model and encodes the answer itself, streamed or not, into any of these
+# (the model alone would refuse all but pcm16 while streaming).
+ENCODED_FORMATS = ("pcm16", "wav", "opus", "mp3", "aac", "flac")
+# Besides OpenAI's wav and mp3, what phones and browsers record; the core recognises the bytes and decodes.
+_INPUT_FORMATS = {name: value for name, value in ENCODINGS.items() if name != "pcm16"}
 # Parts of the body this route turns into typed fields; every other parameter goes to the upstream as written.
 _BUILT_HERE = frozenset(
     {
@@ -68,7 +71,7 @@ def parse(body: Any) -> CompatRequest:
         raise CompatError("'messages' must be a non-empty array.", "messages", "invalid_value")
     stream = body.get("stream") is True
     include_usage = _stream_options(body.get("stream_options"), stream)
-    wants_audio, voice, audio_format = _output(body, stream)
+    wants_audio, voice, audio_format = _output(body)
     config = pb.TurnConfig(
         model=model,
         voice=voice,
@@ -79,6 +82,10 @@ def parse(body: Any) -> CompatRequest:
         set_tools(config, body)
     except ToolJsonError as exc:
         raise CompatError(str(exc), exc.param) from None
+    # A whole wav is made at the end from the pcm16, with its real sizes; a streamed one has "unknown" sizes.
+    whole_wav = audio_format == "wav" and not stream
+    if wants_audio and audio_format != "pcm16" and not whole_wav:
+        config.output_audio_format.encoding = OUTPUT_ENCODINGS[audio_format]
     turn = _messages(messages, config)
     return CompatRequest(
         turn=turn,
@@ -126,7 +133,7 @@ def _stream_options(options: Any, stream: bool) -> bool:
     return options.get("include_usage") is True
 
 
-def _output(body: dict[str, Any], stream: bool) -> tuple[bool, str, str]:
+def _output(body: dict[str, Any]) -> tuple[bool, str, str]:
     modalities = body.get("modalities") or ["text"]
     if not isinstance(modalities, list) or any(item not in ("text", "audio") for item in modalities):
         raise CompatError("'modalities' must be a list of 'text' and 'audio'.", "modalities")
@@ -143,16 +150,11 @@ def _output(body: dict[str, Any], stream: bool) -> tuple[bool, str, str]:
             "Missing required parameter: 'audio.voice'.", "audio.voice", "missing_required_parameter"
         )
     audio_format = audio.get("format")
-    if stream and audio_format != "pcm16":
-        raise CompatError(
-            f"Unsupported value: 'audio.format' does not support '{audio_format}' when stream=true. "
-            "Supported values are: 'pcm16'.",
-            "audio.format",
-            "unsupported_value",
-        )
     if audio_format not in ENCODED_FORMATS:
+        supported = ", ".join(f"'{name}'" for name in ENCODED_FORMATS)
         raise CompatError(
-            f"Unsupported value: 'audio.format' '{audio_format}': this gateway encodes 'wav' and 'pcm16'.",
+            f"Unsupported value: 'audio.format' does not support '{audio_format}'."
+            f" Supported values are: {supported}.",
             "audio.format",
             "unsupported_value",
         )
@@ -238,7 +240,9 @@ def _content(content: Any, index: int) -> tuple[str, pb.AudioInput | None]:
 
 def _input_audio(value: Any, param: str) -> pb.AudioInput:
     if not isinstance(value, dict) or value.get("format") not in _INPUT_FORMATS:
-        raise CompatError("'input_audio.format' must be 'wav' or 'mp3'.", f"{param}.input_audio.format")
+        raise CompatError(
+            f"'input_audio.format' must be one of {', '.join(_INPUT_FORMATS)}.", f"{param}.input_audio.format"
+        )
     try:
         data = base64.b64decode(str(value.get("data", "")), validate=True)
     except binascii.Error:

@@ -17,6 +17,9 @@ SSE_HEADERS = {
 }
 MEDIA_TYPE = "text/event-stream"
 
+_ENCODING_NAMES = {
+    value: name.removeprefix("AUDIO_ENCODING_").lower().encode() for name, value in pb.AudioEncoding.items()
+}
 _EVENT_LINES = {oneof: f"event: {name}\nid: ".encode() for oneof, name in EVENT_NAMES.items()}
 
 
@@ -46,8 +49,13 @@ def encode_turn_event(event: pb.TurnEvent) -> bytes:
                 head,
                 b'{"data":"',
                 base64.b64encode(audio.data),
-                b'","sample_rate_hz":%d,"start_sample":%d}\n\n'
-                % (audio.format.sample_rate_hz, audio.start_sample),
+                b'","encoding":"%s","sample_rate_hz":%d,"start_sample":%d,"samples":%d}\n\n'
+                % (
+                    _ENCODING_NAMES[audio.format.encoding],
+                    audio.format.sample_rate_hz,
+                    audio.start_sample,
+                    audio.samples,
+                ),
             )
         )
     return head + _dumps(JSON_OF[kind](event)) + b"\n\n"

@@ -17,16 +17,33 @@ from adapters.status import EdgeError, bad_request
 from adapters.tool_json import ToolJsonError, set_tools, tool_calls, tool_result
 from audiochat.v1 import audiochat_pb2 as pb
 
-ENCODINGS = {"pcm16": pb.AUDIO_ENCODING_PCM16, "wav": pb.AUDIO_ENCODING_WAV, "mp3": pb.AUDIO_ENCODING_MP3}
-MODALITIES = {"text": pb.MODALITY_TEXT, "audio": pb.MODALITY_AUDIO}
-# Containers phones record in that the model does not take; named so the error says what to do.
-_UNSUPPORTED_CONTAINERS = {
-    b"ftyp": "m4a/mp4 (AAC)",
-    b"OggS": "ogg (Opus/Vorbis)",
-    b"\x1aE\xdf\xa3": "webm (Opus)",
-    b"#!AM": "amr",
-    b"fLaC": "flac",
+# Input encodings by name. Files are recognised by the core from their bytes, so for anything but raw pcm16
+# the name is only a label; it may be left out.
+ENCODINGS = {
+    "pcm16": pb.AUDIO_ENCODING_PCM16,
+    "wav": pb.AUDIO_ENCODING_WAV,
+    "mp3": pb.AUDIO_ENCODING_MP3,
+    "m4a": pb.AUDIO_ENCODING_M4A,
+    "mp4": pb.AUDIO_ENCODING_M4A,
+    "aac": pb.AUDIO_ENCODING_AAC,
+    "webm": pb.AUDIO_ENCODING_WEBM_OPUS,
+    "webm_opus": pb.AUDIO_ENCODING_WEBM_OPUS,
+    "ogg": pb.AUDIO_ENCODING_OPUS,
+    "opus": pb.AUDIO_ENCODING_OPUS,
+    "vorbis": pb.AUDIO_ENCODING_VORBIS,
+    "flac": pb.AUDIO_ENCODING_FLAC,
 }
+# Answer encodings by name (`output_audio`); the OpenAI names where OpenAI has one.
+OUTPUT_ENCODINGS = {
+    "pcm16": pb.AUDIO_ENCODING_PCM16,
+    "wav": pb.AUDIO_ENCODING_WAV,
+    "opus": pb.AUDIO_ENCODING_OPUS,
+    "webm_opus": pb.AUDIO_ENCODING_WEBM_OPUS,
+    "aac": pb.AUDIO_ENCODING_AAC,
+    "mp3": pb.AUDIO_ENCODING_MP3,
+    "flac": pb.AUDIO_ENCODING_FLAC,
+}
+MODALITIES = {"text": pb.MODALITY_TEXT, "audio": pb.MODALITY_AUDIO}
 
 
 class RequestError(Exception):
@@ -56,7 +73,7 @@ def _number(body: dict[str, Any], key: str) -> float | None:
 
 
 def turn_config(body: dict[str, Any]) -> pb.TurnConfig:
-    """model, voice, instructions, modalities, max_output_tokens, temperature."""
+    """model, voice, instructions, modalities, max_output_tokens, temperature, output_audio."""
     modalities = body.get("modalities") or []
     if isinstance(modalities, str):
         modalities = [part.strip() for part in modalities.split(",") if part.strip()]
@@ -81,6 +98,8 @@ def turn_config(body: dict[str, Any]) -> pb.TurnConfig:
         set_tools(config, body)
     except ToolJsonError as exc:
         raise RequestError(str(exc)) from None
+    if body.get("output_audio") is not None:
+        config.output_audio_format.CopyFrom(output_audio(body["output_audio"]))
     return config
 
 
@@ -99,19 +118,25 @@ def extra_body(value: Any) -> str:
         raise RequestError("'extra_body' must hold finite numbers only") from None
 
 
-def sniff_encoding(data: bytes, filename: str = "", content_type: str = "") -> pb.AudioEncoding.ValueType:
-    """wav or mp3 from the file's first bytes (names and types lie), else a clear error."""
-    if data[:4] == b"RIFF":
-        return pb.AUDIO_ENCODING_WAV
-    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
-        return pb.AUDIO_ENCODING_MP3
-    found = next((name for magic, name in _UNSUPPORTED_CONTAINERS.items() if magic in data[:12]), None)
-    what = found or filename or content_type or "this file"
-    raise RequestError(f"{what} is not supported: upload wav or mp3 (or raw pcm16 with its sample rate)")
+def output_audio(value: Any) -> pb.AudioFormat:
+    """`"opus"` or `{"format": "opus", "bitrate_bps": 24000}` as the answer's AudioFormat."""
+    if isinstance(value, str):
+        value = {"format": value}
+    if not isinstance(value, dict):
+        raise RequestError("'output_audio' must be a format name or {format, bitrate_bps}")
+    name = value.get("format", "pcm16")
+    if name not in OUTPUT_ENCODINGS:
+        raise RequestError(
+            f"'output_audio.format' must be one of {', '.join(OUTPUT_ENCODINGS)}, not {name!r}"
+        )
+    bitrate = _number(value, "bitrate_bps") or 0
+    if bitrate != int(bitrate) or not 0 <= bitrate < 2**32:
+        raise RequestError("'output_audio.bitrate_bps' must be a positive integer")
+    return pb.AudioFormat(encoding=OUTPUT_ENCODINGS[name], bitrate_bps=int(bitrate))
 
 
 def audio_input(value: Any) -> pb.AudioInput:
-    """{"data": base64, "format": "wav"|"mp3"|"pcm16", "sample_rate_hz": N} as an AudioInput."""
+    """{"data": base64, "format"?: a name of ENCODINGS, "sample_rate_hz": N (pcm16 only)} as an AudioInput."""
     if not isinstance(value, dict):
         raise RequestError("'audio' must be an object {data, format, sample_rate_hz}")
     try:
@@ -119,7 +144,7 @@ def audio_input(value: Any) -> pb.AudioInput:
     except binascii.Error:
         raise RequestError("'audio.data' must be base64") from None
     name = _str(value, "format")
-    encoding = ENCODINGS.get(name) if name else sniff_encoding(data)
+    encoding = ENCODINGS.get(name) if name else pb.AUDIO_ENCODING_UNSPECIFIED
     if encoding is None:
         raise RequestError(f"'audio.format' must be one of {', '.join(ENCODINGS)}, not {name!r}")
     rate = _number(value, "sample_rate_hz") or 0
@@ -194,9 +219,8 @@ async def from_form(form: FormData) -> pb.StreamTurnRequest:
     request.input.text = _str(fields, "text")
     upload = form.get("audio") or form.get("file")
     if isinstance(upload, UploadFile):
-        data = await upload.read()
-        encoding = sniff_encoding(data, upload.filename or "", upload.content_type or "")
-        request.input.audio.CopyFrom(pb.AudioInput(data=data, format=pb.AudioFormat(encoding=encoding)))
+        # The core recognises the file from its bytes: file names and content types lie.
+        request.input.audio.CopyFrom(pb.AudioInput(data=await upload.read()))
     elif upload is not None:
         raise RequestError("the 'audio' field must be a file")
     return request

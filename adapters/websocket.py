@@ -224,7 +224,8 @@ class Session:
 
     def _set_input_format(self, value: Any) -> None:
         if not isinstance(value, dict) or value.get("encoding", "pcm16") not in ENCODINGS:
-            raise RequestError('input audio needs {"encoding": "pcm16"|"wav"|"mp3", "sample_rate_hz"}')
+            names = "|".join(f'"{name}"' for name in ENCODINGS)
+            raise RequestError(f'input audio needs {{"encoding": {names}, "sample_rate_hz" (pcm16 only)}}')
         rate = value.get("sample_rate_hz", 24_000 if value.get("encoding", "pcm16") == "pcm16" else 0)
         if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
             raise RequestError("'sample_rate_hz' must be a positive integer")

@@ -196,7 +196,7 @@ def _encoding_name(encoding: int) -> str:
 
 
 def prepare_audio(audio: pb.AudioInput, limits: Limits) -> PreparedAudio:
-    """Check user audio and turn it into a file the upstream accepts: mp3 and 24 kHz mono 16-bit wav as they
+    """Check user audio and turn it into a file the upstream accepts: mp3 and mono 16-bit PCM wav as they
     are, raw pcm16 wrapped as wav, any other accepted file decoded to 24 kHz mono pcm16 wav.
 
     The container is sniffed from the bytes: the encoding a client names only matters for raw pcm16.
@@ -229,7 +229,10 @@ def _prepare_file(data: bytes, limits: Limits, declared: str) -> PreparedAudio:
             return PreparedAudio(_b64(data), "mp3", duration_ms)
         if container == "wav":
             info = parse_wav(data)
-            if (info.sample_rate, info.channels, info.bits_per_sample) == (STREAMED_SAMPLE_RATE_HZ, 1, 16):
+            # Mono 16-bit PCM is what raw pcm16 input becomes too, at its own rate: it goes as it is.
+            if (info.format_tag, info.channels, info.bits_per_sample) == (1, 1, 16) and (
+                MIN_PCM_SAMPLE_RATE_HZ <= info.sample_rate <= MAX_PCM_SAMPLE_RATE_HZ
+            ):
                 return PreparedAudio(_b64(data), "wav", round(info.duration_seconds * 1000))
             # A long WAV is refused by its header, before decoding a byte of it.
             _check_duration(round(info.duration_seconds * 1000), limits)

@@ -9,7 +9,7 @@ import pytest
 from audiochat.v1 import audiochat_pb2 as pb
 from service.answer_audio import AnswerEncoder
 from service.audio import AudioFormatError
-from service.audio.decode import DecodeLimit, DecodeLimits, StreamDecoder, decode_file
+from service.audio.decode import DecodeLimit, DecodeLimits, DecodeTimeout, StreamDecoder, decode_file
 from service.audio.encode import Encoder, OutputEncoding
 from tests.audio_files import (
     INPUT_KINDS,
@@ -72,7 +72,7 @@ def test_decoded_duration_limit(kind: str) -> None:
 
 def test_decode_time_limit() -> None:
     data = encode_recording(speech(), INPUT_KINDS["ogg-opus-48k-stereo"])
-    with pytest.raises(DecodeLimit, match="took longer than 0 s"):
+    with pytest.raises(DecodeTimeout, match="took longer than 0 s"):
         decode_file(data, DecodeLimits(max_decode_seconds=0.0))
 
 

@@ -149,11 +149,11 @@ async def test_audio_input_and_assistant_audio_id_reach_the_upstream(
     ("request_", "error", "status"),
     [
         (
-            {"model": "m", "audio": {"voice": "alloy", "format": "wav"}, "stream": True},
+            {"model": "m", "audio": {"voice": "alloy", "format": "m4a"}, "stream": True},
             openai.BadRequestError,
             400,
         ),
-        ({"model": "m", "audio": {"voice": "alloy", "format": "flac"}}, openai.BadRequestError, 400),
+        ({"model": "m", "audio": {"voice": "alloy", "format": "ogg"}}, openai.BadRequestError, 400),
         ({"model": "status/429/rate_limit_exceeded"}, openai.RateLimitError, 429),
         ({"model": "status/500/server_error"}, openai.APIStatusError, 502),
         ({"model": "status/400/unsupported_format"}, openai.BadRequestError, 400),

@@ -35,7 +35,11 @@ _TRUNCATION_TOLERANCE_SECONDS = 0.25
 
 
 class DecodeLimit(AudioFormatError):
-    """Decoding stopped at a limit: too long once decoded, or too slow to decode."""
+    """Decoding stopped because the audio is longer than the limit once decoded."""
+
+
+class DecodeTimeout(AudioFormatError):
+    """Decoding took longer than its time limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +132,7 @@ def _pcm_pieces(
     samples = 0
     for packet in opened.demux(stream):
         if time.monotonic() > deadline():
-            raise DecodeLimit(f"decoding the {container} took longer than {limits.max_decode_seconds:g} s")
+            raise DecodeTimeout(f"decoding the {container} took longer than {limits.max_decode_seconds:g} s")
         # packet is None-sized at the end of the demux: decode() then flushes the decoder.
         for frame in packet.decode():
             for out in resampler.resample(frame):
@@ -258,7 +262,8 @@ class StreamDecoder:
         self._pipe.put(None)
         self._thread.join(self._limits.max_decode_seconds)
         if self._thread.is_alive():
-            raise DecodeLimit(
+            self._deadline = 0.0  # the thread stops at its next packet
+            raise DecodeTimeout(
                 f"decoding the recording took longer than {self._limits.max_decode_seconds:g} s"
             )
         self._raise_failure()

@@ -33,11 +33,12 @@ class _Codec:
     container_options: dict[str, str]
 
 
-# Speech defaults: Opus is transparent for speech near 32 kbit/s; AAC-LC and MP3 need more for the same.
-# Ogg pages and WebM clusters are closed after every 20 ms so that a frame leaves as soon as it is made.
+# Speech defaults: Opus speaks clearly at 24 kbit/s; AAC-LC and MP3 need about twice that for the same.
+# Ogg pages and WebM clusters are closed after every 20 ms so that a frame leaves as soon as it is made;
+# that framing costs about 10 kbit/s (Ogg) and 6 kbit/s (WebM) on top (make bench: benchmarks/codecs.py).
 _CODECS: dict[str, _Codec] = {
-    "opus": _Codec("ogg", "libopus", 32_000, {"page_duration": "20000"}),
-    "webm_opus": _Codec("webm", "libopus", 32_000, {"live": "1", "cluster_time_limit": "20"}),
+    "opus": _Codec("ogg", "libopus", 24_000, {"page_duration": "20000"}),
+    "webm_opus": _Codec("webm", "libopus", 24_000, {"live": "1", "cluster_time_limit": "20"}),
     "aac": _Codec("adts", "aac", 48_000, {}),
     "mp3": _Codec("mp3", "libmp3lame", 48_000, {"id3v2_version": "0", "write_xing": "0"}),
     "flac": _Codec("flac", "flac", 0, {}),

@@ -292,7 +292,7 @@ class AudioFormat(_message.Message):
     """Channel count; only mono (1) is supported for pcm16. Zero means mono."""
     bitrate_bps: _builtins.int
     """Output only: target bitrate in bits per second for opus, webm_opus, aac and mp3 (zero: the
-    encoding's speech default, 32000 for Opus, 48000 for AAC and MP3). Ignored for pcm16, wav and flac.
+    encoding's speech default, 24000 for Opus, 48000 for AAC and MP3). Ignored for pcm16, wav and flac.
     """
     def __init__(
         self,
