@@ -14,6 +14,7 @@ from audiochat.v1 import audiochat_pb2 as pb
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
 from service.api_keys import bearer_metadata
 from service.audio import MODEL_SAMPLE_RATE
+from service.audio.sniff import SNIFF_BYTES, sniff
 from service.wav_writer import StreamingWavWriter
 
 CONNECT_TIMEOUT_SECONDS = 3.0
@@ -31,13 +32,10 @@ def audio_input_from_file(path: Path) -> pb.AudioInput:
         data = path.read_bytes()
     except OSError as exc:
         raise ClientError(f"cannot read {path}: {exc.strerror}") from exc
-    if data[:4] == b"RIFF":
-        encoding = pb.AUDIO_ENCODING_WAV
-    elif data[:3] == b"ID3" or data[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
-        encoding = pb.AUDIO_ENCODING_MP3
-    else:
-        raise ClientError(f"{path} is neither a WAV nor an MP3 file")
-    return pb.AudioInput(data=data, format=pb.AudioFormat(encoding=encoding))
+    if sniff(data[:SNIFF_BYTES]) is None:
+        raise ClientError(f"{path} is not a recording audiochat reads (wav, mp3, m4a, webm, ogg, flac)")
+    # The service recognises the container from the bytes too; the encoding is left for it to find.
+    return pb.AudioInput(data=data)
 
 
 async def run_turn(target: str, request: pb.StreamTurnRequest, output: Path | None) -> pb.TurnCompleted:

@@ -176,12 +176,19 @@ def output_audio_format(output: pb.AudioFormat) -> pb.AudioFormat:
     encoding = output.encoding or pb.AUDIO_ENCODING_PCM16
     if encoding not in OUTPUT_ENCODINGS:
         names = ", ".join(OUTPUT_ENCODINGS.values())
-        raise InvalidInput(f"output_audio_format.encoding {_encoding_name(encoding)} is not one of {names}")
+        raise InvalidInput(
+            f"output_audio_format.encoding {_encoding_name(encoding)} is not one of {names}",
+            "config.output_audio_format.encoding",
+        )
     if output.sample_rate_hz not in (0, STREAMED_SAMPLE_RATE_HZ) or output.channels not in (0, 1):
-        raise InvalidInput("output_audio_format: answers are mono at 24000 Hz (sample_rate_hz, channels)")
+        raise InvalidInput(
+            "output_audio_format: answers are mono at 24000 Hz (sample_rate_hz, channels)",
+            "config.output_audio_format.sample_rate_hz",
+        )
     if output.bitrate_bps and not MIN_BITRATE_BPS <= output.bitrate_bps <= MAX_BITRATE_BPS:
         raise InvalidInput(
-            f"output_audio_format.bitrate_bps must be between {MIN_BITRATE_BPS} and {MAX_BITRATE_BPS}"
+            f"output_audio_format.bitrate_bps must be between {MIN_BITRATE_BPS} and {MAX_BITRATE_BPS}",
+            "config.output_audio_format.bitrate_bps",
         )
     resolved = pb.AudioFormat(encoding=encoding, sample_rate_hz=STREAMED_SAMPLE_RATE_HZ, channels=1)
     if OUTPUT_ENCODINGS[encoding] in ("opus", "webm_opus", "aac", "mp3"):

@@ -39,6 +39,11 @@ INPUT_KINDS: dict[str, InputKind] = {
     "wav-16k-mono-s24": InputKind("wav", "pcm_s24le", 16_000, 1),
 }
 
+# Lowest SNR (dB) of each answer format against the pcm16 answer. Lossy codecs keep the waveform only
+# roughly (on the offline voice: AAC 13.5 to 19.6, MP3 about 22, Opus about 10.5); a different stretch of
+# the same speech scores below 0 (asserted in test_codecs), so these show it is the same speech.
+MIN_SNR_DB = {"opus": 7.0, "webm_opus": 7.0, "aac": 10.0, "mp3": 10.0, "flac": 90.0, "wav": 90.0}
+
 # The longest codec frame among the inputs (AAC: 1024 samples at 44.1 kHz, MP3: 1152), in ms, plus the
 # rounding of a millisecond count: the tolerance on a recording's decoded duration.
 ONE_FRAME_MS = 1152 * 1000 // 44_100 + 1

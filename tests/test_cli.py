@@ -67,5 +67,5 @@ def test_ask_refuses_a_file_that_is_not_audio(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not audio")
     result = run_client("ask", str(tmp_path / "notes.txt"), "--target", "127.0.0.1:9")
     assert result.returncode == 1
-    assert "neither a WAV nor an MP3" in result.stderr
+    assert "is not a recording audiochat reads" in result.stderr
     assert "Traceback" not in result.stderr

@@ -13,6 +13,7 @@ from service.audio.decode import DecodeLimit, DecodeLimits, DecodeTimeout, Strea
 from service.audio.encode import Encoder, OutputEncoding
 from tests.audio_files import (
     INPUT_KINDS,
+    MIN_SNR_DB,
     ONE_FRAME_MS,
     RATE,
     decode_to_24k,
@@ -23,16 +24,6 @@ from tests.audio_files import (
 )
 
 LIMITS = DecodeLimits()
-# Lowest SNR (dB) against the pcm16 answer: lossy codecs keep the waveform only roughly; a different
-# stretch of the same speech scores below 0 (asserted below), so these show it is the same speech.
-MIN_SNR_DB: dict[OutputEncoding, float] = {
-    "opus": 8.0,
-    "webm_opus": 8.0,
-    "aac": 15.0,
-    "mp3": 15.0,
-    "flac": 90.0,
-    "wav": 90.0,
-}
 # Samples a decoder may add beyond the source: AAC primes 1024 and pads its last frame, LAME likewise.
 EXTRA_SAMPLES: dict[OutputEncoding, int] = {"aac": 2048, "mp3": 2 * 1152}
 

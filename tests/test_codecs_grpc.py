@@ -14,6 +14,7 @@ from audiochat.v1 import audiochat_pb2 as pb
 from service.offline.server import OfflineVoiceServer
 from tests.audio_files import (
     INPUT_KINDS,
+    MIN_SNR_DB,
     ONE_FRAME_MS,
     decode_to_24k,
     encode_recording,
@@ -31,7 +32,6 @@ OUTPUTS = {
     "flac": pb.AUDIO_ENCODING_FLAC,
     "wav": pb.AUDIO_ENCODING_WAV,
 }
-MIN_SNR_DB = {"opus": 8.0, "webm_opus": 8.0, "aac": 15.0, "mp3": 15.0, "flac": 90.0, "wav": 90.0}
 
 
 @pytest.fixture
