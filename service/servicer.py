@@ -19,7 +19,7 @@ from service.turn import Turn
 from service.turn_input import (
     Defaults,
     Limits,
-    history_entries,
+    history_entries_off_loop,
     input_required,
     resolve_settings,
     user_entry_off_loop,
@@ -90,7 +90,7 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         try:
             self.admission.refuse_if_draining()
             with self.admission.turn(meter.running), self._serving(meter):
-                history = history_entries(request.history, self._limits)
+                history = await history_entries_off_loop(request.history, self._limits)
                 turn = Turn(
                     upstream=self._upstream,
                     settings=resolve_settings(request.config, self._defaults),

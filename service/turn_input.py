@@ -301,10 +301,20 @@ def input_required(history: Sequence[Entry]) -> bool:
 
 async def user_entry_off_loop(message: pb.UserMessage, limits: Limits, *, required: bool) -> UserEntry:
     """`user_entry`, on a worker thread when it has a file to decode: decoding never stalls other streams."""
-    audio = message.audio if message.HasField("audio") else None
-    if audio is None or audio.format.encoding == pb.AUDIO_ENCODING_PCM16:
+    if not _has_file(message):
         return user_entry(message, limits, required=required)
     return await asyncio.to_thread(user_entry, message, limits, required=required)
+
+
+async def history_entries_off_loop(items: Sequence[pb.HistoryItem], limits: Limits) -> list[Entry]:
+    """`history_entries`, on a worker thread when a recording in it needs decoding."""
+    if not any(_has_file(item.user) for item in items if item.HasField("user")):
+        return history_entries(items, limits)
+    return await asyncio.to_thread(history_entries, items, limits)
+
+
+def _has_file(message: pb.UserMessage) -> bool:
+    return message.HasField("audio") and message.audio.format.encoding != pb.AUDIO_ENCODING_PCM16
 
 
 def history_entries(items: Iterable[pb.HistoryItem], limits: Limits) -> list[Entry]:

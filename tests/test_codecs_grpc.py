@@ -3,6 +3,7 @@ streamed Converse) against the offline voice: real PyAV, real gRPC, the real ope
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import AsyncIterator
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from audiochat.v1 import audiochat_pb2 as pb
+from service.audio import parse_wav
 from service.offline.server import OfflineVoiceServer
 from tests.audio_files import (
     INPUT_KINDS,
@@ -23,6 +25,7 @@ from tests.audio_files import (
     speech,
 )
 from tests.conftest import RunningService, StartService
+from tests.upstream_server import FixtureUpstream
 
 OUTPUTS = {
     "opus": pb.AUDIO_ENCODING_OPUS,
@@ -137,3 +140,21 @@ async def test_bitrate_is_applied(offline: RunningService) -> None:
         events = await turn_events(offline, request)
         sizes.append(sum(len(e.audio.data) for e in events if e.HasField("audio")))
     assert sizes[1] > 2.5 * sizes[0]
+
+
+async def test_history_recordings_reach_the_model_decoded(
+    service: RunningService, upstream: FixtureUpstream
+) -> None:
+    note = encode_recording(speech(), INPUT_KINDS["m4a-aac-44k-stereo"])
+    earlier = pb.HistoryItem(user=pb.UserMessage(audio=pb.AudioInput(data=note)))
+    request = pb.StreamTurnRequest(
+        config=pb.TurnConfig(model="fixture/text_only"),
+        history=[earlier, pb.HistoryItem(assistant=pb.AssistantMessage(text="Yes."))],
+        input=pb.UserMessage(text="And then?"),
+    )
+    await turn_events(service, request)
+    part = upstream.requests[-1]["messages"][0]["content"][0]
+    assert part["type"] == "input_audio" and part["input_audio"]["format"] == "wav"
+    info = parse_wav(base64.b64decode(part["input_audio"]["data"]))
+    assert (info.sample_rate, info.channels, info.bits_per_sample) == (24_000, 1, 16)
+    assert abs(info.duration_seconds * 1000 - pcm_ms(speech())) <= ONE_FRAME_MS
