@@ -28,7 +28,7 @@ from tests.audio_files import (
     speech,
 )
 from tests.edge_fixtures import RunningEdge, StartEdge, sdk_audio
-from tests.test_edge_websocket import HEADER
+from tests.test_edge_websocket import HEADER, closed_with
 
 SPEECH_MS = pcm_ms(speech())
 
@@ -96,35 +96,75 @@ async def test_sse_refuses_unreadable_audio_and_unknown_output(offline_edge: Run
     assert output.status_code == 400 and "output_audio.format" in output.json()["error"]["message"]
 
 
-async def test_websocket_streamed_webm_recording_and_webm_answer(offline_edge: RunningEdge) -> None:
-    recording = encode_recording(speech(), INPUT_KINDS["webm-opus-48k-mono"])
-    ws = await connect(offline_edge.ws_url, subprotocols=["audiochat.v1"], compression=None)  # type: ignore[list-item]
-    config = {"type": "config", "input_audio": {"encoding": "webm"}, "output_audio": "webm_opus"}
-    await ws.send(json.dumps(config))
+async def _ws_turn(
+    edge: RunningEdge, recording: bytes, config: dict[str, Any]
+) -> tuple[list[Any], list[Any]]:
+    """Send `recording` in ~250 ms pieces as binary frames, commit; (events, binary frames) of the turn."""
+    ws = await connect(edge.ws_url, subprotocols=["audiochat.v1"], compression=None)  # type: ignore[list-item]
+    await ws.send(json.dumps({"type": "config", **config}))
     assert json.loads(await ws.recv())["type"] == "conversation.started"
     piece = len(recording) // 8 + 1  # MediaRecorder(timeslice=250) on a 2 s recording
     for start in range(0, len(recording), piece):
         await ws.send(recording[start : start + piece])
     await ws.send(json.dumps({"type": "commit"}))
     events: list[dict[str, Any]] = []
-    frames: list[tuple[int, int, bytes]] = []
-    while not events or events[-1]["type"] != "turn.completed":
+    frames: list[bytes] = []
+    while not events or events[-1]["type"] not in ("turn.completed", "error"):
         frame = await ws.recv()
         if isinstance(frame, bytes):
-            _, _, start_sample = HEADER.unpack_from(frame)
-            frames.append((start_sample, len(frames), frame[HEADER.size :]))
+            frames.append(frame)
         else:
             events.append(json.loads(frame))
     await ws.close()
+    return events, frames
+
+
+async def test_websocket_streamed_webm_recording_and_webm_answer(offline_edge: RunningEdge) -> None:
+    recording = encode_recording(speech(), INPUT_KINDS["webm-opus-48k-mono"])
+    config = {"input_audio": {"encoding": "webm"}, "output_audio": "webm_opus"}
+    events, frames = await _ws_turn(offline_edge, recording, config)
     assert abs(events[0]["input_audio_ms"] - SPEECH_MS) <= ONE_FRAME_MS
     assert events[0]["audio_format"]["encoding"] == "webm_opus"
     done = events[-1]
     assert heard_seconds(done["transcript"]) == pytest.approx(SPEECH_MS / 1000, abs=0.051)
-    assert frames[0][2].startswith(b"\x1a\x45\xdf\xa3"), "the first binary frame is the WebM header"
-    starts = [start for start, _, _ in frames]
+    assert frames[0][HEADER.size :].startswith(b"\x1a\x45\xdf\xa3"), (
+        "the first binary frame is the WebM header"
+    )
+    starts = [HEADER.unpack_from(frame)[2] for frame in frames]
     assert starts == sorted(starts) and starts[-1] <= done["audio_samples"]
-    decoded = decode_to_24k(b"".join(data for _, _, data in frames))
+    decoded = decode_to_24k(b"".join(frame[HEADER.size :] for frame in frames))
     assert len(decoded) == done["audio_samples"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "label"),
+    [
+        ("ogg-opus-48k-stereo", "ogg"),
+        ("m4a-aac-44k-stereo", "m4a"),
+        ("flac-16k-mono", "flac"),
+        ("wav-8k-stereo-s16", "wav"),
+    ],
+)
+async def test_websocket_streamed_recordings_of_each_kind(
+    offline_edge: RunningEdge, kind: str, label: str
+) -> None:
+    recording = encode_recording(speech(), INPUT_KINDS[kind])
+    events, frames = await _ws_turn(offline_edge, recording, {"input_audio": {"encoding": label}})
+    assert abs(events[0]["input_audio_ms"] - SPEECH_MS) <= ONE_FRAME_MS
+    assert heard_seconds(events[-1]["transcript"]) == pytest.approx(SPEECH_MS / 1000, abs=0.051)
+    assert sum(len(frame) - HEADER.size for frame in frames) == 2 * events[-1]["audio_samples"], (
+        "pcm16 answer"
+    )
+
+
+async def test_websocket_unreadable_recording_closes_1007(offline_edge: RunningEdge) -> None:
+    ws = await connect(offline_edge.ws_url, subprotocols=["audiochat.v1"], compression=None)  # type: ignore[list-item]
+    await ws.send(json.dumps({"type": "config", "input_audio": {"encoding": "webm"}}))
+    await ws.recv()
+    await ws.send(b"\x1a\x45\xdf\xa3" + bytes(3000))
+    await ws.send(json.dumps({"type": "commit"}))
+    code, error = await closed_with(ws)
+    assert code == 1007 and error is not None and "unreadable recording" in error["message"]
 
 
 @pytest.fixture
@@ -141,16 +181,25 @@ def _input_audio(kind: str) -> dict[str, Any]:
     return {"type": "input_audio", "input_audio": {"data": data, "format": label}}
 
 
-@pytest.mark.parametrize("audio_format", ["opus", "aac", "mp3", "flac", "wav"])
+@pytest.mark.parametrize(
+    ("audio_format", "recording"),
+    [
+        ("opus", "m4a-aac-44k-stereo"),
+        ("aac", "webm-opus-48k-mono"),
+        ("mp3", "ogg-vorbis-44k-stereo"),
+        ("flac", "flac-16k-mono"),
+        ("wav", "ogg-opus-48k-stereo"),
+    ],
+)
 async def test_compat_streams_any_audio_format_by_transcoding(
-    compat: openai.AsyncOpenAI, audio_format: str
+    compat: openai.AsyncOpenAI, audio_format: str, recording: str
 ) -> None:
     client: Any = compat  # the SDK's overloads do not take audio formats it has no literal for
     stream = await client.chat.completions.create(
         model="gpt-4o-audio-preview",
         modalities=["text", "audio"],
         audio={"voice": "alloy", "format": audio_format},
-        messages=[{"role": "user", "content": [_input_audio("m4a-aac-44k-stereo")]}],
+        messages=[{"role": "user", "content": [_input_audio(recording)]}],
         stream=True,
     )
     data, transcript = bytearray(), ""
