@@ -30,10 +30,20 @@ from service.offline.chat_request import (
     text_tokens,
 )
 from service.offline.speech import SpeechError, synthesize
+from service.offline.tools import (
+    PlannedCall,
+    call_message_json,
+    plan_tool_call,
+    preamble,
+    speak_results,
+    tool_call_chunks,
+    tool_results,
+)
 
 logger = logging.getLogger(__name__)
 
 _ENCODED_FORMATS = ("wav", "pcm16")
+_SSE = "text/event-stream"
 _BAD_JSON = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
     "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
@@ -126,7 +136,8 @@ class _ChatCompletions:
         """Answer one chat completion request."""
         self.stats.requests += 1
         try:
-            chat = parse_chat_request(await _json_body(request), self.audio_ids.is_valid)
+            body = await _json_body(request)
+            chat = parse_chat_request(body, self.audio_ids.is_valid)
             if chat.wants_audio and not chat.stream and chat.audio_format not in _ENCODED_FORMATS:
                 raise OpenAIError(
                     f"The offline voice encodes wav and pcm16 only, not '{chat.audio_format}'; "
@@ -134,13 +145,25 @@ class _ChatCompletions:
                     "audio.format",
                     "unsupported_value",
                 )
+            assert isinstance(body, dict)  # parse_chat_request refused anything else
+            results = tool_results(body["messages"])
+            call = None if results else plan_tool_call(body, chat.user_text)
         except OpenAIError as exc:
             key = exc.code or exc.type
             self.stats.errors[key] = self.stats.errors.get(key, 0) + 1
             return JSONResponse(exc.body(), status_code=exc.status)
-        answer = compose_answer(chat.user_text, chat.user_audio_seconds, first_turn=chat.assistant_turns == 0)
+        if call is not None:
+            if chat.stream:
+                return StreamingResponse(self._counted(self._call_events(chat, call)), media_type=_SSE)
+            return _call_completion(chat, call)
+        if results:
+            answer = speak_results(results)
+        else:
+            answer = compose_answer(
+                chat.user_text, chat.user_audio_seconds, first_turn=chat.assistant_turns == 0
+            )
         if chat.stream:
-            return StreamingResponse(self._stream(chat, answer), media_type="text/event-stream")
+            return StreamingResponse(self._counted(self._stream_events(chat, answer)), media_type=_SSE)
         return await self._complete(chat, answer)
 
     async def _complete(self, chat: ChatRequest, answer: str) -> Response:
@@ -158,10 +181,10 @@ class _ChatCompletions:
         message = wire.audio_message(audio_id, data, expires_at, answer)
         return JSONResponse(wire.completion_body(ident, message, _usage(chat, answer, len(pcm))))
 
-    async def _stream(self, chat: ChatRequest, answer: str) -> AsyncIterator[bytes]:
+    async def _counted(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         finished = False
         try:
-            async for event in self._stream_events(chat, answer):
+            async for event in events:
                 yield event
             finished = True
         finally:
@@ -200,6 +223,46 @@ class _ChatCompletions:
             await pacer.before_sending(wire.audio_bytes_in(body))
             yield wire.sse_event(body)
         yield wire.SSE_DONE
+
+    async def _call_events(self, chat: ChatRequest, call: PlannedCall) -> AsyncIterator[bytes]:
+        """A spoken preamble (when audio is asked for), then the call, as a real model streams them."""
+        ident = wire.StreamIdentity.new(chat.model, obfuscate=chat.include_obfuscation)
+        said, pcm = "", b""
+        if chat.wants_audio:
+            said = preamble(call)
+            audio_id, expires_at = self.audio_ids.issue()
+            for body in wire.audio_head_chunks(ident, audio_id, said):
+                yield wire.sse_event(body)
+            try:
+                pcm = await asyncio.to_thread(synthesize, said, chat.voice)
+            except SpeechError:
+                logger.exception("offline voice synthesis failed")
+                yield wire.sse_event(wire.error_object(_SERVER_ERROR))
+                return
+            pacer = _Pacer(self.settings.realtime_factor)
+            pieces = wire.pcm_pieces(pcm, self.settings.piece_ms)
+            for body in wire.audio_tail_chunks(ident, audio_id, pieces, expires_at):
+                await pacer.before_sending(wire.audio_bytes_in(body))
+                yield wire.sse_event(body)
+        for body in tool_call_chunks(ident, call, opening=not chat.wants_audio):
+            yield wire.sse_event(body)
+        if chat.include_usage:
+            yield wire.sse_event(wire.usage_chunk(ident, _usage(chat, said + call.arguments, len(pcm))))
+        yield wire.SSE_DONE
+
+
+def _call_completion(chat: ChatRequest, call: PlannedCall) -> Response:
+    """A non-streamed answer that only calls the tool (no speech, as models usually answer)."""
+    ident = wire.StreamIdentity.new(chat.model)
+    message = {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "tool_calls": [call_message_json(call)],
+        "annotations": [],
+    }
+    usage = _usage(chat, call.arguments, 0)
+    return JSONResponse(wire.completion_body(ident, message, usage, "tool_calls"))
 
 
 def _usage(chat: ChatRequest, answer: str, pcm_bytes: int) -> wire.Json:
