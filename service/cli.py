@@ -12,7 +12,7 @@ from typing import Any
 
 from audiochat.v1 import audiochat_pb2 as pb
 from service import logs
-from service.client import ClientError, audio_input_from_file, run_turn
+from service.client import ClientError, audio_input_from_file, offer_tools, run_turn, tool_results_of
 from service.runner import serve
 from service.settings import Settings, from_environment
 
@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         client.add_argument("--model", default="", help="model (default: the service's)")
         client.add_argument("--instructions", default="", help="system instructions")
         client.add_argument("--text-only", action="store_true", help="ask for a text answer without audio")
+        client.add_argument(
+            "--tool",
+            action="append",
+            default=[],
+            metavar="NAME=RESULT",
+            help="offer the tool NAME; when the model calls it, answer RESULT (often JSON); repeatable",
+        )
     return parser
 
 
@@ -63,6 +70,7 @@ def _turn_request(args: argparse.Namespace) -> pb.StreamTurnRequest:
     config = pb.TurnConfig(
         model=args.model, voice=args.voice, instructions=args.instructions, modalities=modalities
     )
+    offer_tools(config, tool_results_of(args.tool))
     if args.command == "say":
         return pb.StreamTurnRequest(config=config, input=pb.UserMessage(text=args.input))
     return pb.StreamTurnRequest(
@@ -102,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             logs.configure(settings.log_level)
             run(serve(settings))
         else:
-            run(run_turn(args.target, _turn_request(args), args.output))
+            run(run_turn(args.target, _turn_request(args), args.output, tool_results_of(args.tool)))
     except (ClientError, ValueError) as exc:
         print(f"audiochat: {exc}", file=sys.stderr)
         return 1
