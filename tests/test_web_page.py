@@ -224,3 +224,17 @@ def test_a_dropped_connection_reconnects(browser: Any) -> None:
             page.wait_for_function("() => window.audiochatTest.conversations >= 2", timeout=20_000)
             type_turn(page, "Are you back?")
             assert wait_turn(page, 1)["reason"] == "stop"
+
+
+def test_a_tool_call_shows_in_the_chat_and_the_answer_continues(browser: Any, server_port: int) -> None:
+    with open_page(browser, server_port) as page:
+        type_turn(page, "What does get time say?")
+        wait_turn(page, 1, "tool_calls")
+        # The page ran its tool, showed the call, and sent the result; the service continued by itself.
+        page.wait_for_selector(".bubble.tool .text:has-text('get_time({})')", timeout=15_000)
+        turn = wait_played_all(page, 2)
+        assert turn["audioSamples"] > 24_000
+        (call,) = counters(page)["toolCalls"]
+        assert call["name"] == "get_time" and call["id"].startswith("call_")
+        spoken = page.locator(".bubble.assistant .text").nth(1).inner_text()
+        assert spoken == f"get_time returned: {call['result']}."

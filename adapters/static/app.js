@@ -5,6 +5,14 @@
 const SOURCE_RATE = 24000;
 const SAMPLES_PER_MS = SOURCE_RATE / 1000;
 const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
+// Tools the page offers and runs itself, so a tool call can be seen end to end ("what does get time say?").
+const PAGE_TOOLS = {
+  get_time: {
+    description: "The current time where the listener is.",
+    parameters: { type: "object", properties: {} },
+    run: () => new Date().toLocaleTimeString(),
+  },
+};
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -19,6 +27,7 @@ const ui = {
 const test = {
   connected: false, conversations: 0, reconnects: 0, capturedSamples: 0, turns: {}, lastStop: null, errors: [],
   handsFree: false, speech: [], voiceState: "off", peakLevel: 0,
+  toolCalls: [],
 };
 window.audiochatTest = test;
 
@@ -59,6 +68,9 @@ function connect() {
     if (handsFree) config.turn_detection = { type: "server_vad" };
     if (ui.voice.value.trim()) config.voice = ui.voice.value.trim();
     if (ui.instructions.value.trim()) config.instructions = ui.instructions.value.trim();
+    config.tools = Object.entries(PAGE_TOOLS).map(([name, tool]) => (
+      { type: "function", function: { name, description: tool.description, parameters: tool.parameters } }
+    ));
     ws.send(JSON.stringify(config));
   };
   ws.onmessage = ({ data }) => (typeof data === "string" ? onEvent(JSON.parse(data)) : onAudio(data));
@@ -144,6 +156,7 @@ function onEvent(event) {
       break;
     case "turn.completed":
       finishTurn(turnFor(event.turn_index), event);
+      for (const call of event.tool_calls ?? []) runTool(call);
       updateVoiceState();
       break;
     case "error":
@@ -428,6 +441,26 @@ function microphoneProblem(error) {
   if (error?.name === "NotFoundError") return "No microphone was found. Typing still works.";
   if (!window.isSecureContext) return "The microphone needs HTTPS (or localhost). Typing still works.";
   return `The microphone could not start: ${error?.message ?? error}`;
+}
+
+// ---------- tools ----------
+
+function runTool(call) {
+  // Shown in the chat as it happens: the call, then what the page answered. The last answer makes the
+  // service continue on its own (a new turn).
+  const { name, arguments: args } = call.function;
+  const tool = PAGE_TOOLS[name];
+  let result;
+  try {
+    result = tool ? String(tool.run(JSON.parse(args || "{}"))) : `error: this page has no tool named ${name}`;
+  } catch (error) {
+    result = `error: ${error.message}`;
+  }
+  const bubble = addBubble("tool", `🔧 ${name}(${args})`);
+  bubble.querySelector(".meta").append(span(`→ ${result}`));
+  test.toolCalls.push({ id: call.id, name, arguments: args, result });
+  pendingTurnSentAt = performance.now();
+  send({ type: "tool_result", tool_call_id: call.id, content: result });
 }
 
 // ---------- the chat ----------
