@@ -80,6 +80,7 @@ def create_app(edge: EdgeContext) -> Starlette:
             Route("/v1/turns", post_turn, methods=["POST"]),
             Route("/v1/turns/{turn_id}/events", get_events, methods=["GET"]),
             Route("/v1/chat/completions", compat.chat_completions, methods=["POST"]),
+            Route("/v1/models", compat.list_models, methods=["GET"]),
             WebSocketRoute("/v1/converse", websocket.converse),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),

@@ -51,6 +51,10 @@ _FINISH_REASONS = {
 }
 
 
+# The core's own deadline on the upstream is 10 s; this bounds a core that does not answer at all.
+MODELS_DEADLINE_SECONDS = 15.0
+
+
 def error_response(error: EdgeError, param: str | None = None) -> JSONResponse:
     """OpenAI's error shape and status: the SDKs raise their usual exceptions and honour retry-after-ms."""
     body = error.openai_body()
@@ -93,7 +97,58 @@ async def chat_completions(request: Request) -> Response:
         chunks = _stream(call, parsed, ident, edge.stream)
         return ClosingStreamingResponse(chunks, media_type=MEDIA_TYPE, headers=SSE_HEADERS)
     with edge.stream():
-        return await _whole(call, parsed, ident)
+        return await _whole_unless_gone(request, call, parsed, ident)
+
+
+async def _whole_unless_gone(
+    request: Request, call: Any, parsed: CompatRequest, ident: wire.StreamIdentity
+) -> Response:
+    """The whole answer; a client that gives up first ends the turn, and so the upstream stream, at once
+    (uvicorn does not cancel a handler whose client went away, so the answer would run to its end)."""
+    answer = asyncio.ensure_future(_whole(call, parsed, ident))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not answer.done():
+            call.cancel()
+            answer.cancel()
+            await asyncio.wait({answer})
+    if answer.cancelled():
+        return Response(status_code=499)  # nobody reads it: the client is gone
+    return answer.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes its connection; the body was read, so nothing else arrives."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def list_models(request: Request) -> Response:
+    """`GET /v1/models`: the upstream's models, or the configured one when the upstream has no list."""
+    edge = edge_of(request)
+    if not edge.keys.accepts_headers(request.headers):
+        return error_response(unauthenticated("Incorrect API key provided."))
+    key = bearer_token(request.headers.get(AUTHORIZATION, ""))
+    try:
+        answer = await edge.stub.ListModels(
+            pb.ListModelsRequest(),
+            metadata=transport_metadata("openai", key),
+            timeout=MODELS_DEADLINE_SECONDS,
+        )
+    except grpc.aio.AioRpcError as exc:
+        return error_response(from_rpc_error(exc))
+    data = []
+    for model in answer.models:
+        entry: wire.Json = {"id": model.id, "object": "model"}
+        if model.HasField("created"):
+            entry["created"] = model.created
+        if model.HasField("owned_by"):
+            entry["owned_by"] = model.owned_by
+        data.append(entry)
+    return JSONResponse({"object": "list", "data": data})
 
 
 def _usage(usage: pb.Usage | None) -> wire.Json | None:

@@ -181,6 +181,20 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
             await asyncio.wait([reader])
             await conversation.close()
 
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: ServicerContext
+    ) -> pb.ListModelsResponse:
+        """The upstream's models, or the configured default model when the upstream has no list."""
+        try:
+            models = await self._upstream.list_models()
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await abort(context, exc)
+        if models is None:
+            return pb.ListModelsResponse(models=[pb.Model(id=self._defaults.model)], from_upstream=False)
+        return pb.ListModelsResponse(models=models, from_upstream=True)
+
     async def drain(self) -> None:
         """Stop taking calls; let each conversation finish its answer, then end it with UNAVAILABLE."""
         self.admission.draining = True

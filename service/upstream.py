@@ -24,6 +24,10 @@ from service.sse_decoder import DONE, SSEDecoder
 
 log = logging.getLogger(__name__)
 
+# GET /models is a listing, not a turn: a short deadline, and a cap on what a client gets.
+MODELS_TIMEOUT_SECONDS = 10.0
+MAX_MODELS = 1000
+
 
 class ChunkStream:
     """One open upstream stream; iterate `chunks()` once."""
@@ -85,6 +89,10 @@ class Upstream(Protocol):
         """Open the stream; raise TurnFailed if the upstream refuses before streaming."""
         ...
 
+    async def list_models(self) -> list[pb.Model] | None:
+        """The upstream's models, or None when it has no list; raise TurnFailed if it fails."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
@@ -114,6 +122,27 @@ class OpenAIUpstream:
         finally:
             # Closing mid-body drops the connection: Chat Completions has no cancel endpoint.
             await manager.__aexit__(None, None, None)
+
+    async def list_models(self) -> list[pb.Model] | None:
+        """The upstream's models (at most MAX_MODELS); None when it has no list (404 or 405)."""
+        client = self._client.with_options(timeout=MODELS_TIMEOUT_SECONDS, max_retries=0)
+        try:
+            page = await client.models.list()
+        except openai.APIStatusError as exc:
+            if exc.status_code in (404, 405):
+                return None
+            raise TurnFailed(failure_from_openai(exc)) from exc
+        except openai.APIError as exc:
+            raise TurnFailed(failure_from_openai(exc)) from exc
+        models = []
+        for entry in page.data[:MAX_MODELS]:
+            model = pb.Model(id=entry.id)
+            if isinstance(getattr(entry, "created", None), int):
+                model.created = entry.created
+            if isinstance(getattr(entry, "owned_by", None), str):
+                model.owned_by = entry.owned_by
+            models.append(model)
+        return models
 
     async def close(self) -> None:
         """Close the SDK's connection pool."""

@@ -48,6 +48,7 @@ class FixtureUpstream:
         self.closed_by_client = 0
         self.client_closed = asyncio.Event()
         self.streams_started = 0
+        self.models: list[str] | None = None  # GET /models answers these ids; None answers 404
         self.fail_next: list[str] = []  # "STATUS/CODE" answers for the next requests, whatever their model
         # (status, body, headers) answers for the next requests, whatever their model
         self.error_next: list[tuple[int, dict[str, Any], dict[str, str]]] = []
@@ -64,6 +65,9 @@ class FixtureUpstream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            return
+        if scope["method"] == "GET" and scope["path"].endswith("/models"):
+            await self._models(send)
             return
         body = b""
         while True:
@@ -96,6 +100,20 @@ class FixtureUpstream:
             await self._stream(send, receive, [_refresh(event) for event in fixture_events(rest)], slow=False)
         else:
             await self.other(kind, rest, request, send, receive)
+
+    async def _models(self, send: Send) -> None:
+        if self.error_next:
+            status, error_body, error_headers = self.error_next.pop(0)
+            await respond(
+                send, status, error_body, [(k.encode(), v.encode()) for k, v in error_headers.items()]
+            )
+        elif self.models is None:
+            await respond(send, 404, {"error": {"message": "Not found", "type": "invalid_request_error"}})
+        else:
+            data = [
+                {"id": i, "object": "model", "created": 1, "owned_by": "upstream-org"} for i in self.models
+            ]
+            await respond(send, 200, {"object": "list", "data": data})
 
     async def other(
         self, kind: str, rest: str, request: dict[str, Any], send: Send, receive: Receive

@@ -50,6 +50,11 @@ class AudioChatServiceStub:
                 request_serializer=audiochat_dot_v1_dot_audiochat__pb2.ConverseRequest.SerializeToString,
                 response_deserializer=audiochat_dot_v1_dot_audiochat__pb2.ConverseResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/audiochat.v1.AudioChatService/ListModels',
+                request_serializer=audiochat_dot_v1_dot_audiochat__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=audiochat_dot_v1_dot_audiochat__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class AudioChatServiceServicer:
@@ -81,6 +86,14 @@ class AudioChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """ListModels lists the models a client may name in TurnConfig.model: the upstream's list when it has
+        one, else the server's configured default model. Upstream failures are statuses as for StreamTurn.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AudioChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +106,11 @@ def add_AudioChatServiceServicer_to_server(servicer, server):
                     servicer.Converse,
                     request_deserializer=audiochat_dot_v1_dot_audiochat__pb2.ConverseRequest.FromString,
                     response_serializer=audiochat_dot_v1_dot_audiochat__pb2.ConverseResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=audiochat_dot_v1_dot_audiochat__pb2.ListModelsRequest.FromString,
+                    response_serializer=audiochat_dot_v1_dot_audiochat__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -155,6 +173,33 @@ class AudioChatService:
             '/audiochat.v1.AudioChatService/Converse',
             audiochat_dot_v1_dot_audiochat__pb2.ConverseRequest.SerializeToString,
             audiochat_dot_v1_dot_audiochat__pb2.ConverseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audiochat.v1.AudioChatService/ListModels',
+            audiochat_dot_v1_dot_audiochat__pb2.ListModelsRequest.SerializeToString,
+            audiochat_dot_v1_dot_audiochat__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

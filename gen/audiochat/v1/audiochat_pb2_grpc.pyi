@@ -51,6 +51,10 @@ class AudioChatServiceStub:
     inputs, audio chunks closed by a commit (push-to-talk) and interrupts. The service keeps
     the history. A new input while an answer is still streaming interrupts that answer first.
     """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_audiochat_pb2.ListModelsRequest, _audiochat_pb2.ListModelsResponse]
+    """ListModels lists the models a client may name in TurnConfig.model: the upstream's list when it has
+    one, else the server's configured default model. Upstream failures are statuses as for StreamTurn.
+    """
 
 @_typing.type_check_only
 class AudioChatServiceAsyncStub(AudioChatServiceStub):
@@ -74,6 +78,10 @@ class AudioChatServiceAsyncStub(AudioChatServiceStub):
     """Converse holds one conversation: the first request is its config, then any number of text
     inputs, audio chunks closed by a commit (push-to-talk) and interrupts. The service keeps
     the history. A new input while an answer is still streaming interrupts that answer first.
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_audiochat_pb2.ListModelsRequest, _audiochat_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """ListModels lists the models a client may name in TurnConfig.model: the upstream's list when it has
+    one, else the server's configured default model. Upstream failures are statuses as for StreamTurn.
     """
 
 class AudioChatServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -107,6 +115,16 @@ class AudioChatServiceServicer(metaclass=_abc_1.ABCMeta):
         """Converse holds one conversation: the first request is its config, then any number of text
         inputs, audio chunks closed by a commit (push-to-talk) and interrupts. The service keeps
         the history. A new input while an answer is still streaming interrupts that answer first.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _audiochat_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audiochat_pb2.ListModelsResponse, _abc.Awaitable[_audiochat_pb2.ListModelsResponse]]:
+        """ListModels lists the models a client may name in TurnConfig.model: the upstream's list when it has
+        one, else the server's configured default model. Upstream failures are statuses as for StreamTurn.
         """
 
 def add_AudioChatServiceServicer_to_server(servicer: AudioChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
