@@ -14,6 +14,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -24,7 +25,7 @@ from adapters.compat_request import CompatError, CompatRequest, parse
 from adapters.context import edge_of, transport_metadata
 from adapters.event_json import reason_name
 from adapters.http_body import BodyError, read_json
-from adapters.sse import MEDIA_TYPE, SSE_HEADERS
+from adapters.sse import HEARTBEAT, MEDIA_TYPE, SSE_HEADERS
 from adapters.status import (
     EdgeError,
     edge_error,
@@ -33,7 +34,7 @@ from adapters.status import (
     shutting_down,
     unauthenticated,
 )
-from adapters.streaming import ClosingStreamingResponse
+from adapters.streaming import ClosingStreamingResponse, read_with_heartbeats
 from adapters.tool_json import call_json
 from audiochat.v1 import audiochat_pb2 as pb
 from service import metrics
@@ -94,7 +95,7 @@ async def chat_completions(request: Request) -> Response:
         model=first.started.model or parsed.model,
     )
     if parsed.stream:
-        chunks = _stream(call, parsed, ident, edge.stream)
+        chunks = _stream(call, parsed, ident, edge.stream, edge.settings.heartbeat_seconds)
         return ClosingStreamingResponse(chunks, media_type=MEDIA_TYPE, headers=SSE_HEADERS)
     with edge.stream():
         return await _whole_unless_gone(request, call, parsed, ident)
@@ -165,7 +166,7 @@ def _audio_chunk_parts(ident: wire.StreamIdentity) -> tuple[bytes, bytes]:
 
 
 async def _stream(
-    call: Any, parsed: CompatRequest, ident: wire.StreamIdentity, counted: Any
+    call: Any, parsed: CompatRequest, ident: wire.StreamIdentity, counted: Any, heartbeat_seconds: float
 ) -> AsyncIterator[bytes]:
     head, tail = _audio_chunk_parts(ident)
     relay = metrics.for_transport("openai").edge_relay_added
@@ -174,30 +175,34 @@ async def _stream(
         try:
             first = wire.role_chunk(ident) if parsed.wants_audio else wire.text_role_chunk(ident)
             yield wire.sse_event(first)
-            while (event := await call.read()) is not grpc.aio.EOF:
-                received_at = time.perf_counter()
-                kind = event.WhichOneof("event")
-                if kind == "audio":
-                    yield head + base64.b64encode(event.audio.data) + tail
-                    relay.observe(time.perf_counter() - received_at)
-                elif kind == "text":
-                    if event.text.source == pb.TEXT_SOURCE_TRANSCRIPT:
-                        yield wire.sse_event(wire.transcript_chunk(ident, event.text.text))
-                    else:
-                        yield wire.sse_event(wire.content_chunk(ident, event.text.text))
-                    relay.observe(time.perf_counter() - received_at)
-                elif kind == "tool_call":
-                    yield wire.sse_event(
-                        wire.chunk(ident, {"tool_calls": [_tool_call_piece(event.tool_call)]})
-                    )
-                    relay.observe(time.perf_counter() - received_at)
-                elif kind == "usage":
-                    usage = event.usage
-                elif kind == "completed":
-                    for chunk in _ending(ident, event.completed, usage, parsed.include_usage):
-                        yield wire.sse_event(chunk)
-                    if event.completed.reason == pb.FINISH_REASON_ERROR:
-                        return  # like the upstream: an error frame, then the stream ends without [DONE]
+            async with aclosing(read_with_heartbeats(call, heartbeat_seconds)) as events:
+                async for event in events:
+                    if event is None:
+                        yield HEARTBEAT
+                        continue
+                    received_at = time.perf_counter()
+                    kind = event.WhichOneof("event")
+                    if kind == "audio":
+                        yield head + base64.b64encode(event.audio.data) + tail
+                        relay.observe(time.perf_counter() - received_at)
+                    elif kind == "text":
+                        if event.text.source == pb.TEXT_SOURCE_TRANSCRIPT:
+                            yield wire.sse_event(wire.transcript_chunk(ident, event.text.text))
+                        else:
+                            yield wire.sse_event(wire.content_chunk(ident, event.text.text))
+                        relay.observe(time.perf_counter() - received_at)
+                    elif kind == "tool_call":
+                        yield wire.sse_event(
+                            wire.chunk(ident, {"tool_calls": [_tool_call_piece(event.tool_call)]})
+                        )
+                        relay.observe(time.perf_counter() - received_at)
+                    elif kind == "usage":
+                        usage = event.usage
+                    elif kind == "completed":
+                        for chunk in _ending(ident, event.completed, usage, parsed.include_usage):
+                            yield wire.sse_event(chunk)
+                        if event.completed.reason == pb.FINISH_REASON_ERROR:
+                            return  # like the upstream: an error frame, then the stream ends without [DONE]
             yield wire.SSE_DONE
         except grpc.aio.AioRpcError as exc:
             yield wire.sse_event(from_rpc_error(exc).openai_body())

@@ -36,8 +36,7 @@ async def open_upstream(settings: Settings) -> AsyncIterator[Upstream]:
         upstream = OpenAIUpstream(
             api_key=api_key,
             base_url=base_url,
-            timeout_seconds=settings.upstream_timeout_seconds,
-            max_retries=settings.upstream_max_retries,
+            deadlines=settings.deadlines,
         )
         stack.push_async_callback(upstream.close)
         yield upstream

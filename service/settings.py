@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from service.turn_input import Defaults, Limits
+from service.upstream import Deadlines
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,11 @@ class Settings:
     keepalive_seconds: float = 30.0
     keepalive_timeout_seconds: float = 10.0
     keepalive_min_ping_seconds: float = 10.0
-    upstream_timeout_seconds: float = 60.0
+    # Deadlines on the upstream (see service.upstream.Deadlines): the first is for the answer's first bytes.
+    upstream_timeout_seconds: float = 30.0
+    upstream_connect_timeout_seconds: float = 5.0
+    upstream_idle_timeout_seconds: float = 20.0
+    upstream_max_wait_seconds: float = 5.0
     upstream_max_retries: int = 2
     max_turn_audio_bytes: int = 20 * 1024 * 1024
     max_turn_audio_seconds: float = 300.0
@@ -70,6 +75,17 @@ class Settings:
     def defaults(self) -> Defaults:
         """Defaults for what a TurnConfig leaves empty."""
         return Defaults(model=self.model, voice=self.voice)
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """How long the gateway waits on the upstream, phase by phase."""
+        return Deadlines(
+            connect_seconds=self.upstream_connect_timeout_seconds,
+            first_byte_seconds=self.upstream_timeout_seconds,
+            idle_seconds=self.upstream_idle_timeout_seconds,
+            max_wait_seconds=self.upstream_max_wait_seconds,
+            max_retries=self.upstream_max_retries,
+        )
 
     @property
     def limits(self) -> Limits:

@@ -1,18 +1,25 @@
 """The OpenAI upstream: opens a streamed chat completion and yields its chunks as plain mappings.
 
-The official SDK keeps what it is good at (auth, base_url, retries before the stream starts, typed HTTP
-errors, closing the connection); the body is decoded here because `delta.audio` is outside the SDK's
-typed schema and because building a pydantic object per 100 ms of audio is wasted work on the hot path.
+The official SDK keeps what it is good at (auth, base_url, typed HTTP errors, closing the connection);
+the body is decoded here because `delta.audio` is outside the SDK's typed schema and because building a
+pydantic object per 100 ms of audio is wasted work on the hot path.
+
+Waiting is bounded phase by phase (`Deadlines`): connect, first byte, each gap between reads. The SDK's
+own retries are off (they retried timeouts, tripling the wait, and slept up to a minute on `retry-after`);
+retries happen here, only for failures worth retrying, and only while the total sleep stays within
+`max_wait_seconds`: past it the client gets the failure and the upstream's retry delay at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx2
@@ -29,22 +36,63 @@ MODELS_TIMEOUT_SECONDS = 10.0
 MAX_MODELS = 1000
 
 
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """How long the gateway waits on the upstream, phase by phase, in seconds."""
+
+    connect_seconds: float = 5.0  # TCP (and TLS) connection
+    first_byte_seconds: float = 30.0  # request sent -> first bytes of the answer's body
+    idle_seconds: float = 20.0  # the longest silence between two network reads of a running answer
+    max_wait_seconds: float = 5.0  # total sleep between retries before the client is told instead
+    max_retries: int = 2  # retries of a refused or unreachable request, before its stream starts
+
+
+def _deadline_failure(message: str) -> TurnFailed:
+    return TurnFailed(UpstreamFailure(pb.ERROR_CODE_DEADLINE_EXCEEDED, message, True))
+
+
 class ChunkStream:
     """One open upstream stream; iterate `chunks()` once."""
 
-    def __init__(self, response: openai.AsyncAPIResponse[Any]) -> None:
+    def __init__(
+        self,
+        response: openai.AsyncAPIResponse[Any],
+        deadlines: Deadlines = Deadlines(),
+        opened_at: float = 0.0,
+    ) -> None:
         self._response = response
+        self._deadlines = deadlines
+        self._opened_at = opened_at  # loop time the request was sent: the first-byte deadline counts from it
         self.request_id: str = response.headers.get("x-request-id", "")
         self.saw_done = False
 
     async def chunks(self) -> AsyncIterator[object]:
         """Decoded JSON chunks in arrival order (the normalizer checks their shape).
 
-        Raises TurnFailed if the connection breaks or a frame is not JSON (`upstream_malformed`).
+        Raises TurnFailed if the connection breaks, a deadline passes (`deadline_exceeded`: no first byte
+        within `first_byte_seconds`, or `idle_seconds` of silence) or a frame is not JSON
+        (`upstream_malformed`).
         """
         decoder = SSEDecoder()
+        loop = asyncio.get_running_loop()
+        idle = self._deadlines.idle_seconds
+        reads = aiter(self._response.iter_bytes())
+        first = True
         try:
-            async for raw in self._response.iter_bytes():
+            while True:
+                # Only the read is timed: a consumer slow to take a chunk is back-pressure, not silence.
+                when = self._opened_at + self._deadlines.first_byte_seconds if first else loop.time() + idle
+                try:
+                    async with asyncio.timeout_at(when):
+                        raw = await anext(reads, None)
+                except TimeoutError:
+                    if first:
+                        seconds = self._deadlines.first_byte_seconds
+                        raise _deadline_failure(f"the upstream sent no answer within {seconds:g} s") from None
+                    raise _deadline_failure(f"the upstream sent nothing for {idle:g} s mid-answer") from None
+                if raw is None:
+                    break
+                first = False
                 for data in decoder.feed(raw):
                     chunk = self._decode(data)
                     if chunk is not None:
@@ -56,9 +104,7 @@ class ChunkStream:
                 if chunk is not None:
                     yield chunk
         except httpx2.TimeoutException as exc:
-            raise TurnFailed(
-                UpstreamFailure(pb.ERROR_CODE_DEADLINE_EXCEEDED, "the upstream stopped sending", True)
-            ) from exc
+            raise _deadline_failure("the upstream stopped sending") from exc
         except httpx2.HTTPError as exc:
             raise TurnFailed(
                 UpstreamFailure(pb.ERROR_CODE_UNAVAILABLE, "the upstream connection broke mid-answer", True)
@@ -101,24 +147,43 @@ class Upstream(Protocol):
 class OpenAIUpstream:
     """Chat Completions over the official SDK, against OpenAI or any compatible base_url."""
 
-    def __init__(self, api_key: str, base_url: str | None, timeout_seconds: float, max_retries: int) -> None:
+    def __init__(self, api_key: str, base_url: str | None, deadlines: Deadlines = Deadlines()) -> None:
+        self._deadlines = deadlines
+        # httpx's own read timeout is only a backstop: ChunkStream times the first byte and each gap.
+        read = max(deadlines.first_byte_seconds, deadlines.idle_seconds) + 1.0
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
-            timeout=httpx2.Timeout(timeout_seconds, connect=5.0),
-            max_retries=max_retries,
+            timeout=httpx2.Timeout(read, connect=deadlines.connect_seconds),
+            max_retries=0,
         )
 
     @asynccontextmanager
     async def open(self, params: Mapping[str, Any]) -> AsyncIterator[ChunkStream]:
         """Open the stream; closing the context closes the HTTP connection at once."""
-        try:
+        loop = asyncio.get_running_loop()
+        slept = 0.0
+        for attempt in range(self._deadlines.max_retries + 1):
+            opened_at = loop.time()
             manager = self._client.chat.completions.with_streaming_response.create(**params)
-            response = await manager.__aenter__()
-        except openai.APIError as exc:
-            raise TurnFailed(failure_from_openai(exc)) from exc
+            try:
+                async with asyncio.timeout_at(opened_at + self._deadlines.first_byte_seconds):
+                    response = await manager.__aenter__()
+                break
+            except TimeoutError:
+                seconds = self._deadlines.first_byte_seconds
+                raise _deadline_failure(f"the upstream sent no response within {seconds:g} s") from None
+            except openai.APIError as exc:
+                failure = failure_from_openai(exc)
+                delay = retry_delay_seconds(failure, exc, attempt)
+                last = attempt == self._deadlines.max_retries
+                if delay is None or last or slept + delay > self._deadlines.max_wait_seconds:
+                    raise TurnFailed(failure) from exc
+                log.info("upstream refused (%s); retrying in %.2f s", failure.message, delay)
+                await asyncio.sleep(delay)
+                slept += delay
         try:
-            yield ChunkStream(response)
+            yield ChunkStream(response, self._deadlines, opened_at)
         finally:
             # Closing mid-body drops the connection: Chat Completions has no cancel endpoint.
             await manager.__aexit__(None, None, None)
@@ -191,6 +256,25 @@ def _failure_for_status(status: int, message: str, upstream_code: str) -> Upstre
     if status == 409 or status >= 500:
         return UpstreamFailure(pb.ERROR_CODE_UNAVAILABLE, message, True, 0, upstream_code)
     return UpstreamFailure(pb.ERROR_CODE_INVALID_ARGUMENT, message, False, 0, upstream_code)
+
+
+def retry_delay_seconds(failure: UpstreamFailure, exc: openai.APIError, attempt: int) -> float | None:
+    """How long to wait before retrying a refused request, or None when a retry is pointless.
+
+    Timeouts are not retried (each would cost the whole deadline again); 4xx other than 408, 409 and a
+    retryable 429 are the request's own fault. The upstream's retry delay wins; else 0.25, 0.5, 1 s...
+    """
+    if isinstance(exc, openai.APITimeoutError) or not failure.retryable:
+        return None
+    if (
+        isinstance(exc, openai.APIStatusError)
+        and exc.status_code not in (408, 409, 429)
+        and exc.status_code < 500
+    ):
+        return None
+    if failure.retry_after_ms:
+        return failure.retry_after_ms / 1000
+    return 0.25 * 2.0**attempt
 
 
 def retry_after_ms_from_headers(headers: Mapping[str, str]) -> int:

@@ -58,8 +58,7 @@ async def start_service(upstream: FaultUpstream) -> AsyncIterator[StartService]:
             client = OpenAIUpstream(
                 api_key=settings.openai_api_key,
                 base_url=base_url or upstream.base_url,
-                timeout_seconds=settings.upstream_timeout_seconds,
-                max_retries=settings.upstream_max_retries,
+                deadlines=settings.deadlines,
             )
             stack.push_async_callback(client.close)
             server = AudioChatServer(settings, client)

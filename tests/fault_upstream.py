@@ -1,12 +1,13 @@
 """A fault-injecting OpenAI-compatible upstream: the fixture server plus every way an upstream goes wrong.
 
 Real HTTP (uvicorn), the real wire format where there is one. The request's `model` picks the fault,
-on top of the fixture server's `fixture/`, `slow/`, `fresh/` and `status/` (tests/upstream_server.py):
+on top of the fixture server's models (`fixture/`, `slow/`, `stall/`, `fresh/`, `status/`... in
+tests/upstream_server.py):
 
 - `script/NAME`: the raw bytes registered in `scripts[NAME]`, sent as written (malformed JSON, base64,
   types; cut frames; no `[DONE]`);
 - `hang`: accepts the request and never sends the response headers;
-- `stall/N/NAME`: the first N events of capture NAME, then nothing at all until the client leaves;
+- `silent/N/NAME`: the first N events of capture NAME, then nothing at all until the client leaves;
 - `reset/N/NAME`: the first N events, then the connection is dropped in the middle of the body;
 - `retry/SECONDS`: 429 `rate_limit_exceeded` with `retry-after: SECONDS`;
 - `long/SECONDS`: a spoken answer with SECONDS of audio in 100 ms pieces, written as fast as it is read
@@ -89,11 +90,11 @@ class FaultUpstream(FixtureUpstream):
             await self._send_events(send, receive, [self.scripts[rest]])
         elif kind == "hang":
             await wait_disconnect(receive)
-        elif kind in ("stall", "reset"):
+        elif kind in ("silent", "reset"):
             count, _, name = rest.partition("/")
             events = fixture_events(name)[: int(count)]
             await self._send_events(send, receive, events, end=False)
-            if kind == "stall":
+            if kind == "silent":
                 await wait_disconnect(receive)
             else:
                 raise ConnectionResetError("scripted reset in the middle of the body")
@@ -127,7 +128,7 @@ class FaultUpstream(FixtureUpstream):
                 self.closed_by_client += 1
                 self.client_closed.set()
             else:
-                disconnected.cancel()  # a stall goes on waiting for the disconnect itself
+                disconnected.cancel()  # a silent stream goes on waiting for the disconnect itself
 
 
 def script(*chunks: object, done: bool = True) -> bytes:

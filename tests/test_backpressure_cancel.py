@@ -23,7 +23,7 @@ from tests.events import text_request
 from tests.fault_upstream import FaultUpstream
 
 LONG = "long/600"  # ten minutes of audio: far more than every buffer between the upstream and the client
-STALL = "stall/8/audio_no_finish_reason"  # some audio, then silence until the client leaves
+STALL = "silent/8/audio_no_finish_reason"  # some audio, then silence until the client leaves
 # Generous: the point is that it closes (it stayed open over 70 s), not how fast this machine is.
 CLOSE_WITHIN_SECONDS = 2.0
 
