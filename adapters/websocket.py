@@ -102,9 +102,10 @@ class Session:
                 await _close(self._ws, unauthenticated('send {"type": "auth", "token": KEY} first'))
                 return
         # gRPC's own task writes the requests from this queue: a write cancelled half-way can hang the call.
-        requests: asyncio.Queue[pb.ConverseRequest] = asyncio.Queue(REQUEST_QUEUE)
+        requests: asyncio.Queue[pb.ConverseRequest | None] = asyncio.Queue(REQUEST_QUEUE)
+        closed = asyncio.Event()
         call = self._edge.stub.Converse(
-            _drain_queue(requests, self._started), metadata=transport_metadata("websocket", key)
+            _drain_queue(requests, self._started, closed), metadata=transport_metadata("websocket", key)
         )
         tasks = {
             asyncio.create_task(self._client_to_core(requests)),
@@ -119,6 +120,7 @@ class Session:
             for task in tasks:
                 task.cancel()
             call.cancel()  # ends the turn upstream at once when the client went away or broke the protocol
+            _end_requests(requests, closed)
             await asyncio.wait(tasks)
         if outcome is not False:  # False: the client is gone, there is nobody to close for
             await _close(self._ws, None if outcome is True else outcome)
@@ -146,7 +148,7 @@ class Session:
         await self._turn_ended.wait()
         return shutting_down()
 
-    async def _client_to_core(self, requests: asyncio.Queue[pb.ConverseRequest]) -> EdgeError | bool:
+    async def _client_to_core(self, requests: asyncio.Queue[pb.ConverseRequest | None]) -> EdgeError | bool:
         idle = self._edge.settings.idle_timeout_seconds
         while True:
             try:
@@ -294,15 +296,36 @@ def _speech_json(response: pb.ConverseResponse) -> dict[str, Any] | None:
 
 
 async def _drain_queue(
-    requests: asyncio.Queue[pb.ConverseRequest], started: asyncio.Event
+    requests: asyncio.Queue[pb.ConverseRequest | None], started: asyncio.Event, closed: asyncio.Event
 ) -> AsyncIterator[pb.ConverseRequest]:
-    yield await requests.get()
+    """The call's requests until None: gRPC's own task iterates this, so it must end, not be abandoned.
+
+    An iterator left waiting when the session ended kept gRPC's task pending forever; the collector then
+    logged "Task was destroyed but it is pending!" and "aclose(): asynchronous generator is already running".
+    """
+    first = await requests.get()
+    if first is None:
+        return
+    yield first
     # Nothing more until the core admits the call: a refusal that arrives while a write is in flight
     # reaches gRPC's client as "Internal error from Core" instead of RESOURCE_EXHAUSTED. Meanwhile
     # the bounded queue holds what the client sends, and then back-pressures its socket.
-    await started.wait()
-    while True:
-        yield await requests.get()
+    waits = [asyncio.ensure_future(started.wait()), asyncio.ensure_future(closed.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    while (request := await requests.get()) is not None:
+        yield request
+
+
+def _end_requests(requests: asyncio.Queue[pb.ConverseRequest | None], closed: asyncio.Event) -> None:
+    """End the request iterator of a finished session (what it still held is for a call that is over)."""
+    closed.set()
+    while not requests.empty():
+        requests.get_nowait()
+    requests.put_nowait(None)
 
 
 def _outcome(task: asyncio.Task[Any]) -> EdgeError | bool | None:
