@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint proto bench bench-peers profile vad-eval clean
+.PHONY: run test lint proto bench bench-peers profile vad-eval soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ BENCH_ARGS ?=
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks.codecs
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# Every transport under steady load with upstream and client faults at random, about 10 minutes
+# (SOAK_ARGS=--minutes 1 for a short run); prints events relayed, bytes lost, upstream connections left
+# open and the gateway's RSS, and fails on any loss or leak. Not part of `make test`.
+SOAK_ARGS ?=
+soak: $(VENV)/.installed-dev
+	$(BIN)/python -m tests.soak $(SOAK_ARGS)
 
 # The same with LiteLLM's proxy (one worker, no database) as a row. LiteLLM is heavy and never part of
 # `make test`: it lives in its own venv.

@@ -1,0 +1,397 @@
+"""`make soak`: every transport under steady load with faults injected at random, for about ten minutes.
+
+A real `audiochat serve` process (core and edge) in front of the fault upstream (tests/fault_upstream.py),
+driven over gRPC StreamTurn, gRPC Converse, SSE, WebSocket and the OpenAI-compatible route at once. Most
+turns are whole answers whose audio is `pattern_pcm`, so every byte of a completed turn is checked; the
+rest are faults, upstream side (5xx, 429 with retry-after, a stall, a reset, a malformed chunk, no
+headers) and client side (cancel mid-answer, a reader that pauses). It reports events relayed, bytes lost
+or reordered in completed turns (must be 0), upstream connections left open at the end (0), and the
+gateway's RSS at the start and the end.
+
+    python -m tests.soak --minutes 10 [--workers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+from websockets.asyncio.client import connect
+
+from audiochat.v1 import audiochat_pb2 as pb
+from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
+from tests.fault_upstream import FaultUpstream, pattern_pcm, script
+from tests.upstream_server import fixture_events
+
+REPO = Path(__file__).resolve().parent.parent
+TRANSPORTS = ("stream_turn", "converse", "sse", "websocket", "compat")
+BYTES_PER_SECOND = 48_000
+# Upstream faults, by model; the rest of the turns are whole answers of 1 to 4 s.
+UPSTREAM_FAULTS = (
+    "status/500/server_error",
+    "retry/1",
+    "silent/14/audio_no_finish_reason",
+    "reset/14/audio_no_finish_reason",
+    "script/malformed",
+    "hang",
+)
+FAULT_RATE = 0.08  # of turns with an upstream fault
+CANCEL_RATE = 0.04  # of turns the client abandons after its first audio
+PAUSE_RATE = 0.04  # of turns whose reader stops for a while mid-answer
+
+
+@dataclass
+class Tally:
+    """What the clients saw."""
+
+    events: int = 0
+    turns: Counter[str] = field(default_factory=Counter)  # transport/outcome
+    checked_bytes: int = 0
+    lost_or_reordered_bytes: int = 0
+    client_errors: Counter[str] = field(default_factory=Counter)
+
+    def completed(self, transport: str, outcome: str, audio: bytes, seconds: float | None) -> None:
+        """Count a turn; a whole answer's audio must be exactly the pattern."""
+        self.turns[f"{transport}/{outcome}"] += 1
+        if outcome == "stop" and seconds is not None:
+            want = pattern_pcm(int(seconds * BYTES_PER_SECOND))
+            self.checked_bytes += len(want)
+            if audio != want:
+                differing = sum(a != b for a, b in zip(audio, want, strict=False))
+                self.lost_or_reordered_bytes += differing + abs(len(want) - len(audio))
+
+
+def pick_model(rng: random.Random) -> tuple[str, float | None]:
+    """A model for the next turn and, for a whole answer, its audio seconds."""
+    if rng.random() < FAULT_RATE:
+        return rng.choice(UPSTREAM_FAULTS), None
+    seconds = rng.choice((1, 2, 3, 4))
+    return f"long/{seconds}", float(seconds)
+
+
+async def sse_blocks(response: httpx.Response) -> AsyncIterator[list[bytes]]:
+    """The complete SSE blocks of each network read, in order."""
+    buffer = b""
+    async for piece in response.aiter_raw():
+        buffer += piece
+        *blocks, buffer = buffer.split(b"\n\n")
+        yield blocks
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Soak:
+    """One run: the gateway process, the fault upstream, the clients."""
+
+    def __init__(self, upstream: FaultUpstream, grpc_port: int, http_port: int, deadline: float) -> None:
+        self.upstream = upstream
+        self.grpc_target = f"127.0.0.1:{grpc_port}"
+        self.http_base = f"http://127.0.0.1:{http_port}"
+        self.deadline = deadline
+        self.tally = Tally()
+
+    async def worker(self, transport: str, seed: int) -> None:
+        rng = random.Random(seed)
+        run = getattr(self, f"_{transport}")
+        async with grpc.aio.insecure_channel(self.grpc_target) as channel:
+            stub = pb_grpc.AudioChatServiceStub(channel)
+            async with httpx.AsyncClient(base_url=self.http_base, timeout=30) as http:
+                while time.monotonic() < self.deadline:
+                    try:
+                        await run(rng, stub, http)
+                    except Exception as exc:  # a client-visible failure the run counts, never a crash
+                        self.tally.client_errors[f"{transport}/{type(exc).__name__}"] += 1
+
+    def _client_fault(self, rng: random.Random) -> str:
+        roll = rng.random()
+        return "cancel" if roll < CANCEL_RATE else "pause" if roll < CANCEL_RATE + PAUSE_RATE else ""
+
+    async def _stream_turn(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
+        model, seconds = pick_model(rng)
+        fault = self._client_fault(rng)
+        request = pb.StreamTurnRequest(config=pb.TurnConfig(model=model), input=pb.UserMessage(text="hi"))
+        call = stub.StreamTurn(request)
+        audio, outcome = bytearray(), "call_error"
+        try:
+            async for event in call:
+                self.tally.events += 1
+                kind = event.WhichOneof("event")
+                if kind == "audio":
+                    audio += event.audio.data
+                    if fault == "cancel":
+                        call.cancel()
+                        outcome = "cancelled"
+                        break
+                    if fault == "pause":
+                        fault = ""
+                        await asyncio.sleep(0.5)
+                elif kind == "completed":
+                    outcome = (
+                        pb.FinishReason.Name(event.completed.reason).removeprefix("FINISH_REASON_").lower()
+                    )
+        except grpc.aio.AioRpcError as exc:
+            outcome = f"status_{exc.code().name.lower()}"
+        self.tally.completed("stream_turn", outcome, bytes(audio), seconds)
+
+    async def _converse(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
+        model, seconds = pick_model(rng)
+        call = stub.Converse()
+        await call.write(pb.ConverseRequest(config=pb.ConverseConfig(turn=pb.TurnConfig(model=model))))
+        await call.read()
+        try:
+            for _ in range(3):
+                fault = self._client_fault(rng)
+                await call.write(pb.ConverseRequest(text=pb.TextInput(text="hi")))
+                audio, outcome = bytearray(), ""
+                while not outcome:
+                    response = await call.read()
+                    if response is grpc.aio.EOF:
+                        outcome = "eof"
+                        break
+                    self.tally.events += 1
+                    event = response.event
+                    if event.HasField("audio"):
+                        audio += event.audio.data
+                        if fault == "cancel":
+                            call.cancel()
+                            self.tally.completed("converse", "cancelled", b"", None)
+                            return
+                        if fault == "pause":
+                            fault = ""
+                            await asyncio.sleep(0.5)
+                    elif event.HasField("completed"):
+                        outcome = (
+                            pb.FinishReason.Name(event.completed.reason)
+                            .removeprefix("FINISH_REASON_")
+                            .lower()
+                        )
+                self.tally.completed("converse", outcome, bytes(audio), seconds)
+            await call.done_writing()
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        except grpc.aio.AioRpcError as exc:
+            self.tally.completed("converse", f"status_{exc.code().name.lower()}", b"", None)
+
+    async def _sse(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
+        model, seconds = pick_model(rng)
+        fault = self._client_fault(rng)
+        audio, outcome = bytearray(), "http_error"
+        async with http.stream("POST", "/v1/turns", json={"model": model, "text": "hi"}) as response:
+            if response.status_code != 200:
+                self.tally.completed("sse", f"http_{response.status_code}", b"", None)
+                return
+            async for blocks in sse_blocks(response):
+                for block in blocks:
+                    if not block.startswith(b"event: "):
+                        continue
+                    self.tally.events += 1
+                    name = block[7 : block.index(b"\n")]
+                    data = json.loads(block[block.index(b"data: ") + 6 :])
+                    if name == b"audio.delta":
+                        audio += base64.b64decode(data["data"])
+                    elif name == b"turn.completed":
+                        outcome = data["reason"]
+                    elif name == b"error":
+                        outcome = "stream_error"
+                if fault == "cancel" and audio:
+                    self.tally.completed("sse", "cancelled", b"", None)
+                    return
+                if fault == "pause" and audio:
+                    fault = ""
+                    await asyncio.sleep(0.5)
+        self.tally.completed("sse", outcome, bytes(audio), seconds)
+
+    async def _websocket(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
+        model, seconds = pick_model(rng)
+        url = self.http_base.replace("http", "ws", 1) + "/v1/converse"
+        async with connect(url, compression=None, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "config", "model": model}))
+            await ws.recv()
+            for _ in range(3):
+                fault = self._client_fault(rng)
+                await ws.send(json.dumps({"type": "text", "text": "hi"}))
+                audio, outcome = bytearray(), ""
+                while not outcome:
+                    frame = await ws.recv()
+                    self.tally.events += 1
+                    if isinstance(frame, bytes):
+                        audio += frame[16:]
+                        if fault == "cancel":
+                            self.tally.completed("websocket", "cancelled", b"", None)
+                            return  # closing the socket is the client's cancel
+                        if fault == "pause":
+                            fault = ""
+                            await asyncio.sleep(0.5)
+                        continue
+                    message = json.loads(frame)
+                    if message["type"] == "turn.completed":
+                        outcome = message["reason"]
+                    elif message["type"] == "error":
+                        outcome = "error_frame"
+                self.tally.completed("websocket", outcome, bytes(audio), seconds)
+
+    async def _compat(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
+        model, seconds = pick_model(rng)
+        fault = self._client_fault(rng)
+        body = {
+            "model": model,
+            "stream": True,
+            "modalities": ["text", "audio"],
+            "audio": {"voice": "alloy", "format": "pcm16"},
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        audio, outcome = bytearray(), "no_finish"
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                self.tally.completed("compat", f"http_{response.status_code}", b"", None)
+                return
+            async for blocks in sse_blocks(response):
+                for block in blocks:
+                    if not block.startswith(b"data: ") or block == b"data: [DONE]":
+                        continue
+                    self.tally.events += 1
+                    chunk = json.loads(block[6:])
+                    if "error" in chunk:
+                        outcome = "error_chunk"
+                        continue
+                    for choice in chunk.get("choices") or ():
+                        data = ((choice.get("delta") or {}).get("audio") or {}).get("data")
+                        if data:
+                            audio += base64.b64decode(data)
+                        if choice.get("finish_reason"):
+                            outcome = choice["finish_reason"]
+                if fault == "cancel" and audio:
+                    self.tally.completed("compat", "cancelled", b"", None)
+                    return
+                if fault == "pause" and audio:
+                    fault = ""
+                    await asyncio.sleep(0.5)
+        self.tally.completed("compat", outcome, bytes(audio), seconds)
+
+
+def start_gateway(upstream_url: str, grpc_port: int, http_port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AUDIOCHAT_"))},
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "gen")]),
+        "OPENAI_API_KEY": "sk-soak",
+        "OPENAI_BASE_URL": upstream_url,
+        "AUDIOCHAT_UPSTREAM": "openai",
+        "AUDIOCHAT_BIND": "127.0.0.1",
+        "AUDIOCHAT_GRPC_PORT": str(grpc_port),
+        "AUDIOCHAT_HTTP_PORT": str(http_port),
+        "AUDIOCHAT_METRICS_PORT": "0",
+        "AUDIOCHAT_UPSTREAM_TIMEOUT_SECONDS": "2",
+        "AUDIOCHAT_UPSTREAM_IDLE_TIMEOUT_SECONDS": "1",
+        "AUDIOCHAT_UPSTREAM_MAX_WAIT_SECONDS": "2",
+        "AUDIOCHAT_SSE_ORPHAN_SECONDS": "1",
+        "AUDIOCHAT_LOG_LEVEL": "warning",
+    }
+    command = [sys.executable, "-m", "service.cli", "serve"]
+    return subprocess.Popen(command, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+async def wait_ready(http_base: str) -> None:
+    async with httpx.AsyncClient(base_url=http_base, timeout=2) as client:
+        for _ in range(300):
+            try:
+                if (await client.get("/readyz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the gateway did not become ready")
+
+
+async def run(minutes: float, workers: int, seed: int) -> dict[str, Any]:
+    async with FaultUpstream() as upstream:
+        upstream.scripts["malformed"] = b"".join(fixture_events("audio_no_finish_reason")[:14]) + script(
+            {"choices": [{"index": 0, "delta": {"audio": {"data": "!!!!"}}}]}
+        )
+        grpc_port, http_port = free_port(), free_port()
+        gateway = start_gateway(upstream.base_url, grpc_port, http_port)
+        try:
+            await wait_ready(f"http://127.0.0.1:{http_port}")
+            rss_start = rss_mib(gateway.pid)
+            started = time.monotonic()
+            soak = Soak(upstream, grpc_port, http_port, started + minutes * 60)
+            await asyncio.gather(
+                *(
+                    soak.worker(t, seed * 1000 + i * 10 + n)
+                    for i, t in enumerate(TRANSPORTS)
+                    for n in range(workers)
+                )
+            )
+            elapsed = time.monotonic() - started
+            # Every client is done: whatever the gateway still holds open upstream is a leak.
+            await asyncio.sleep(2.0)
+            left_open = upstream.open_streams
+            rss_end = rss_mib(gateway.pid)
+        finally:
+            gateway.send_signal(signal.SIGTERM)
+            gateway.wait(timeout=60)
+    tally = soak.tally
+    return {
+        "minutes": round(elapsed / 60, 2),
+        "workers_per_transport": workers,
+        "events_relayed": tally.events,
+        "events_per_second": round(tally.events / elapsed),
+        "turns": dict(sorted(tally.turns.items())),
+        "bytes_checked_in_completed_turns": tally.checked_bytes,
+        "bytes_lost_or_reordered": tally.lost_or_reordered_bytes,
+        "upstream_requests": len(upstream.requests),
+        "upstream_connections_left_open": left_open,
+        "client_errors": dict(tally.client_errors),
+        "gateway_rss_mib_start": round(rss_start, 1),
+        "gateway_rss_mib_end": round(rss_end, 1),
+        "gateway_exit_code": gateway.returncode,
+    }
+
+
+def main() -> None:
+    # The fault upstream's scripted resets are errors to uvicorn; here they are the point.
+    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=4, help="concurrent clients per transport")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    report = asyncio.run(run(args.minutes, args.workers, args.seed))
+    print(json.dumps(report, indent=2))
+    bad = report["bytes_lost_or_reordered"] or report["upstream_connections_left_open"]
+    sys.exit(1 if bad or report["gateway_exit_code"] != 0 else 0)
+
+
+if __name__ == "__main__":
+    main()
