@@ -908,7 +908,8 @@ class AudioDelta(_message.Message):
     samples: _builtins.int
     """24 kHz source samples this delta accounts for: len(data)/2 for pcm16; for encoded audio the samples
     that went into the encoder since the previous delta (0 for the header delta; the last delta, the
-    encoder's flush, carries the rest). They add up to TurnCompleted.audio_samples.
+    encoder's flush, carries the rest). For an answer that ran to its end they add up to
+    TurnCompleted.audio_samples; an interrupted answer is not flushed, so its last samples have no delta.
     """
     @_builtins.property
     def format(self) -> Global___AudioFormat:
