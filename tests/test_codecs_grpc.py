@@ -3,6 +3,7 @@ streamed Converse) against the offline voice: real PyAV, real gRPC, the real ope
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import AsyncIterator
@@ -158,3 +159,36 @@ async def test_history_recordings_reach_the_model_decoded(
     info = parse_wav(base64.b64decode(part["input_audio"]["data"]))
     assert (info.sample_rate, info.channels, info.bits_per_sample) == (24_000, 1, 16)
     assert abs(info.duration_seconds * 1000 - pcm_ms(speech())) <= ONE_FRAME_MS
+
+
+async def test_an_interrupted_opus_answer_stays_decodable(service: RunningService) -> None:
+    config = pb.TurnConfig(
+        model="slow/audio_no_finish_reason",
+        output_audio_format=pb.AudioFormat(encoding=pb.AUDIO_ENCODING_OPUS),
+    )
+    interrupt = asyncio.Event()
+
+    async def requests() -> AsyncIterator[pb.ConverseRequest]:
+        yield pb.ConverseRequest(config=pb.ConverseConfig(turn=config))
+        yield pb.ConverseRequest(text=pb.TextInput(text="Tell me about dogs."))
+        await interrupt.wait()
+        yield pb.ConverseRequest(interrupt=pb.Interrupt(played_ms=10))
+
+    call = service.stub.Converse(requests())
+    audio: list[pb.AudioDelta] = []
+    done: pb.TurnCompleted | None = None
+    async for response in call:
+        event = response.event
+        if event.HasField("audio"):
+            audio.append(event.audio)
+            if len(audio) == 3:  # the header and some speech
+                interrupt.set()
+        elif event.HasField("completed"):
+            done = event.completed
+            break
+    call.cancel()
+    assert done is not None and done.reason == pb.FINISH_REASON_INTERRUPTED
+    assert audio[0].samples == 0 and audio[0].data.startswith(b"OggS")
+    assert sum(delta.samples for delta in audio) <= done.audio_samples
+    decoded = decode_to_24k(b"".join(delta.data for delta in audio))
+    assert 0 < len(decoded) <= done.audio_samples, "what arrived plays, cut at a page boundary"
