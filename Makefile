@@ -6,20 +6,38 @@ BIN := $(VENV)/bin
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint proto bench bench-peers profile vad-eval soak clean
+.PHONY: run test lint lock proto bench bench-peers profile vad-eval soak clean
+
+# uv installs exactly what uv.lock pins (hashes checked), the same set the container image installs.
+# It lives in its own small virtualenv inside .venv, so syncing .venv never removes it. Its version must
+# equal the `uv` that uv.lock pins for the dev extras (tests/test_lock.py checks).
+UV_VERSION := 0.13.9
+UV := $(VENV)/uv/bin/uv
+# --locked: fail, rather than resolve anew, when pyproject.toml changed without `make lock`.
+UV_SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --quiet
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(PYTHON) -m venv --without-pip $(VENV)
 
-# Stamps record what was installed, so a second `make` does not reinstall unless pyproject.toml changed.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+$(UV): | $(BIN)/python
+	$(PYTHON) -m venv $(VENV)/uv
+	$(VENV)/uv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# Stamps record what was installed, so a second `make` does not reinstall unless the lock changed.
+# `run` adds what it needs to a development .venv without removing the dev tools (--inexact);
+# the dev install is exact: anything the lock does not name is removed.
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV_SYNC) --inexact
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml uv.lock | $(UV)
+	$(UV_SYNC) --extra dev
 	touch $@ $(VENV)/.installed
+
+# After editing dependencies in pyproject.toml: re-resolve what changed, keep every other pin.
+# `make lock UPGRADE=1` moves every pin to the newest release allowed.
+lock: | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(UV) lock $(if $(UPGRADE),--upgrade)
 
 run: $(VENV)/.installed
 	$(BIN)/audiochat serve

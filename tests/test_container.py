@@ -19,7 +19,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,7 @@ import helm_python as helm
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
-from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,18 +61,6 @@ def arguments_of(stage: list[Instruction], keyword: str) -> list[str]:
     return [instruction.arguments for instruction in stage if instruction.keyword == keyword]
 
 
-def pinned() -> dict[str, Version]:
-    pins: dict[str, Version] = {}
-    for line in (ROOT / "constraints.txt").read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        name, separator, version = line.partition("==")
-        assert separator, f"not an exact pin: {line!r}"
-        assert canonicalize_name(name) not in pins, f"pinned twice: {name}"
-        pins[canonicalize_name(name)] = Version(version)
-    return pins
-
-
 # --- The Dockerfile -------------------------------------------------------------------------------
 
 
@@ -89,19 +74,25 @@ def test_two_stages_on_one_slim_python_matching_the_project() -> None:
     assert [stage[0].arguments.split()[0] for stage in stages] == ["${PYTHON_IMAGE}"] * 2
     python = Version(image.split(":")[1].split("-")[0])
     assert SpecifierSet(PYPROJECT["project"]["requires-python"]).contains(python)
-    # The pins are resolved for one Python; constraints.txt names it.
-    assert f"Python ({python})" in (ROOT / "constraints.txt").read_text()
+    # The lock was resolved for every Python the project allows, so for the image's too.
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    assert SpecifierSet(lock["requires-python"]).contains(python)
 
 
-def test_build_stage_installs_exactly_the_pins_then_checks_them() -> None:
+def test_build_stage_installs_exactly_the_lock_then_checks_it() -> None:
     build = dockerfile_stages()[1]
-    runs = " && ".join(arguments_of(build, "RUN"))
-    assert "pip install --no-deps --only-binary=:all: --requirement constraints.txt" in runs
-    assert "pip check" in runs
-    assert "COPY constraints.txt ./" in [f"COPY {arg}" for arg in arguments_of(build, "COPY")]
-    # The pins are installed before the source is copied, so code changes keep the dependency layer.
+    runs = arguments_of(build, "RUN")
+    # Dependencies from the lock alone (wheels only, nothing resolved), then the project as a wheel.
+    assert "uv sync --locked --no-install-project --no-build" in runs
+    assert any(run.startswith("uv sync --locked --no-editable") and "uv pip check" in run for run in runs)
+    environment = " ".join(arguments_of(build, "ENV"))
+    for setting in ("UV_PROJECT_ENVIRONMENT=/opt/venv", "UV_PYTHON_DOWNLOADS=never", "UV_COMPILE_BYTECODE=1"):
+        assert setting in environment
+    # The lock is installed before the source is copied, so code changes keep the dependency layer.
     keywords = [(i.keyword, i.arguments) for i in build]
-    assert keywords.index(("COPY", "constraints.txt ./")) < keywords.index(("COPY", "service/ service/"))
+    assert keywords.index(("COPY", "pyproject.toml uv.lock ./")) < keywords.index(
+        ("COPY", "service/ service/")
+    )
 
 
 def test_final_stage_runs_audiochat_as_an_unprivileged_pid_1() -> None:
@@ -168,43 +159,6 @@ def test_build_context_has_what_the_dockerfile_copies_and_nothing_private() -> N
         "service/__pycache__/x.pyc",
     ):
         assert not dockerignore_allows(private), private
-
-
-# --- The pins -------------------------------------------------------------------------------------
-
-
-def test_every_runtime_dependency_is_pinned_within_its_range() -> None:
-    pins = pinned()
-    for line in PYPROJECT["project"]["dependencies"]:
-        requirement = Requirement(line)
-        name = canonicalize_name(requirement.name)
-        assert name in pins, f"{requirement.name} is missing from constraints.txt (regenerate it)"
-        assert requirement.specifier.contains(pins[name], prereleases=True), (
-            f"{name}=={pins[name]} not in {line}"
-        )
-
-
-def test_pins_are_closed_under_their_own_requirements() -> None:
-    # Checked with the metadata of installed distributions that carry exactly the pinned version.
-    pins = pinned()
-    environment = {"extra": "", "python_version": "3.11", "sys_platform": "linux", "platform_system": "Linux"}
-    checked = 0
-    for name, version in pins.items():
-        try:
-            distribution = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        if Version(distribution.version) != version:
-            continue
-        checked += 1
-        for line in distribution.requires or []:
-            requirement = Requirement(line)
-            if requirement.marker and not requirement.marker.evaluate(environment):
-                continue
-            dependency = canonicalize_name(requirement.name)
-            assert dependency in pins, f"{name} needs {requirement.name}, which constraints.txt lacks"
-            assert requirement.specifier.contains(pins[dependency], prereleases=True), line
-    assert checked >= len(PYPROJECT["project"]["dependencies"]) // 2, "the environment drifted from the pins"
 
 
 # --- The entrypoint, with the chart's arguments ---------------------------------------------------
