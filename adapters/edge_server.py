@@ -14,6 +14,7 @@ from adapters.context import EdgeContext
 from adapters.resume import ResumeStore
 from service import keepalive
 from service.embedded_http import EmbeddedHTTPServer
+from service.listen import listen_error, reason
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class EdgeServer:
         )
         try:
             self.port = await self._http.start()
+        except OSError as exc:
+            await channel.close()
+            raise listen_error("http_port", settings.bind, settings.http_port, reason(exc)) from None
         except BaseException:
             await channel.close()
             raise

@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from adapters.edge_server import EdgeServer
 from service import metrics
 from service.embedded_http import EmbeddedHTTPServer
+from service.listen import listen_error, probe_all, reason
 from service.offline.app import OfflineVoiceSettings
 from service.offline.server import OfflineVoiceServer
 from service.server import AudioChatServer
@@ -58,6 +59,8 @@ async def _ready_when_the_core_is(edge: EdgeServer) -> None:
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run the role's servers until SIGTERM or SIGINT (or `stop` is set), then drain."""
+    # A taken port is reported before anything starts (ListenError: one line, exit status 2).
+    probe_all(settings)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -69,18 +72,26 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             await stop.wait()
             announce.cancel()
         return
-    async with open_upstream(settings) as upstream:
-        server = AudioChatServer(settings, upstream)
-        await server.start()
+    async with open_upstream(settings) as upstream, AsyncExitStack() as started:
+        # Whatever started is stopped again, in reverse order, also when a later port fails to bind.
         metrics_endpoint = EmbeddedHTTPServer(
             metrics.asgi_app(), host=settings.bind, port=settings.metrics_port
         )
-        await metrics_endpoint.start()
+        try:
+            await metrics_endpoint.start()
+        except OSError as exc:
+            raise listen_error("metrics_port", settings.bind, settings.metrics_port, reason(exc)) from None
+        started.push_async_callback(metrics_endpoint.stop)
         log.info("metrics at /metrics", extra={"metrics_port": metrics_endpoint.port})
+        # Started after the metrics endpoint, so it drains while metrics can still be scraped.
+        server = AudioChatServer(settings, upstream)
+        await server.start()
+        started.push_async_callback(server.stop)
         # Role all: the edge reaches the core over loopback, and stops (drains) before it.
         local_edge = EdgeServer(settings, f"127.0.0.1:{server.port}") if settings.role == "all" else None
         if local_edge is not None:
             await local_edge.start()
+            started.push_async_callback(local_edge.stop)
         log.info(
             "audiochat ready",
             extra={
@@ -92,7 +103,3 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             },
         )
         await stop.wait()
-        if local_edge is not None:
-            await local_edge.stop()
-        await server.stop()
-        await metrics_endpoint.stop()

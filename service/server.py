@@ -14,6 +14,7 @@ from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
 from service import keepalive
 from service.api_keys import ApiKeys
 from service.grpc_auth import ApiKeyInterceptor
+from service.listen import listen_error
 from service.servicer import AudioChatServicer
 from service.settings import Settings
 from service.upstream import Upstream
@@ -68,9 +69,15 @@ class AudioChatServer:
 
     async def start(self) -> int:
         """Bind and start serving; return the bound port (useful when the setting is 0)."""
-        self.port = self._server.add_insecure_port(f"{self.settings.bind}:{self.settings.grpc_port}")
+        bind, port = self.settings.bind, self.settings.grpc_port
+        try:
+            # grpc gives no reason (its RuntimeError points at GRPC_VERBOSITY); the runner probed the port
+            # just before, so this is a race lost to another process or an address not on this host.
+            self.port = self._server.add_insecure_port(f"{bind}:{port}")
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.bind}:{self.settings.grpc_port}")
+            raise listen_error("grpc_port", bind, port, "address in use or not on this host")
         await self._server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
