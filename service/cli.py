@@ -7,12 +7,14 @@ import asyncio
 import os
 import sys
 from collections.abc import Coroutine
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from audiochat.v1 import audiochat_pb2 as pb
 from service import logs
 from service.client import ClientError, audio_input_from_file, offer_tools, run_turn, tool_results_of
+from service.listen import ListenError
 from service.runner import serve
 from service.settings import Settings, from_environment
 
@@ -21,9 +23,14 @@ DEFAULT_TARGET = "localhost:50051"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audiochat", description="Streaming gateway for spoken answers.")
+    parser.add_argument("--version", action="version", version=f"audiochat {metadata.version('audiochat')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("serve", help="run the gRPC service (settings also from AUDIOCHAT_* variables)")
+    run = commands.add_parser(
+        "serve",
+        help="run the gRPC service, its metrics and the HTTP edge (--role picks one part); settings also "
+        "from AUDIOCHAT_* variables",
+    )
     edge = commands.add_parser("edge", help="run only the HTTP/WebSocket edge against a remote core")
     edge.add_argument("--target", required=True, help="the core's gRPC address, host:port")
     edge.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
@@ -46,15 +53,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", help="debug, info, warning, error (default info)")
 
     target = os.environ.get("AUDIOCHAT_TARGET", DEFAULT_TARGET)
-    for name, what in (("say", "text to say"), ("ask", "a WAV or MP3 recording of the question")):
-        client = commands.add_parser(name, help=f"one turn against a running service: {what}")
-        client.add_argument("input", help=what)
+    inputs = {
+        "say": ("message", "what you say to the model, as text (it answers; this is not text-to-speech)"),
+        "ask": ("recording", "a WAV or MP3 recording of what you say to the model"),
+    }
+    for name, (metavar, what) in inputs.items():
+        client = commands.add_parser(
+            name, help=f"one turn against a running service, the answer spoken back: {what}"
+        )
+        client.add_argument("input", metavar=metavar, help=what)
         client.add_argument("-o", "--output", type=Path, help="write the spoken answer to this WAV file")
         client.add_argument("--target", default=target, help=f"service address (default {target})")
         client.add_argument("--voice", default="", help="voice (default: the service's)")
         client.add_argument("--model", default="", help="model (default: the service's)")
         client.add_argument("--instructions", default="", help="system instructions")
-        client.add_argument("--text-only", action="store_true", help="ask for a text answer without audio")
+        client.add_argument(
+            "--text-only",
+            action="store_true",
+            help="ask for a text answer without audio (audio models need audio in the question, so with "
+            "`say` only together with --model naming a text model)",
+        )
         client.add_argument(
             "--tool",
             action="append",
@@ -66,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _turn_request(args: argparse.Namespace) -> pb.StreamTurnRequest:
+    if args.command == "say" and args.text_only and not args.model:
+        # The audio models refuse a turn with audio neither in nor out; say so before the round trip.
+        raise ClientError(
+            "say --text-only sends no audio either way, which the audio models refuse: use "
+            "`ask RECORDING --text-only`, or name a text model with --model"
+        )
     modalities = [pb.MODALITY_TEXT] if args.text_only else [pb.MODALITY_TEXT, pb.MODALITY_AUDIO]
     config = pb.TurnConfig(
         model=args.model, voice=args.voice, instructions=args.instructions, modalities=modalities
@@ -111,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             run(serve(settings))
         else:
             run(run_turn(args.target, _turn_request(args), args.output, tool_results_of(args.tool)))
+    except ListenError as exc:
+        print(f"audiochat: {exc}", file=sys.stderr)
+        return 2
     except (ClientError, ValueError) as exc:
         print(f"audiochat: {exc}", file=sys.stderr)
         return 1

@@ -88,6 +88,28 @@ def continuation(
     return pb.StreamTurnRequest(config=request.config, history=history)
 
 
+class _LazyWav:
+    """The -o file, opened at the first audio: a turn without audio leaves no empty WAV behind."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._writer: StreamingWavWriter | None = None
+
+    @property
+    def opened(self) -> bool:
+        """Whether any audio was written."""
+        return self._writer is not None
+
+    def write(self, pcm: bytes) -> None:
+        if self._writer is None:
+            self._writer = StreamingWavWriter(self._path)
+        self._writer.write(pcm)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
 async def run_turn(
     target: str,
     request: pb.StreamTurnRequest,
@@ -100,7 +122,7 @@ async def run_turn(
         try:
             await _wait_ready(channel, target)
             stub = pb_grpc.AudioChatServiceStub(channel)
-            writer = StreamingWavWriter(output) if output is not None else None
+            writer = _LazyWav(output) if output is not None else None
             try:
                 completed, first_audio_ms = await _stream(stub, request, writer)
                 for _ in range(MAX_TOOL_ROUNDS):
@@ -113,19 +135,36 @@ async def run_turn(
                     writer.close()
         except grpc.aio.AioRpcError as exc:
             raise ClientError(f"{exc.code().name}: {exc.details()}") from exc
-    _report(completed, first_audio_ms, output)
+    _report(completed, first_audio_ms, output if writer is not None and writer.opened else None)
     return completed
 
 
 async def _wait_ready(channel: grpc.aio.Channel, target: str) -> None:
+    # A plain TCP connect first: a closed port is refused at once, where gRPC would retry with backoff
+    # until the timeout, and an open one that is not gRPC can then be told apart from a slow one.
+    # Targets gRPC resolves itself (dns:///..., unix:...) skip this.
+    host, _, port = target.rpartition(":")
+    probed = port.isdigit() and "/" not in target and not target.startswith("unix:")
+    if probed:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                _, writer = await asyncio.open_connection(host.strip("[]") or "localhost", int(port))
+            writer.close()
+        except (OSError, TimeoutError):
+            raise ClientError(f"nothing answers at {target} (is `audiochat serve` running?)") from None
     try:
         await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_SECONDS)
     except TimeoutError:
-        raise ClientError(f"nothing answers at {target} (is `audiochat serve` running?)") from None
+        if not probed:
+            raise ClientError(f"nothing answers at {target} (is `audiochat serve` running?)") from None
+        raise ClientError(
+            f"{target} accepts connections but does not speak gRPC (the HTTP edge? "
+            "`say` and `ask` need the gRPC port, 50051 by default)"
+        ) from None
 
 
 async def _stream(
-    stub: pb_grpc.AudioChatServiceAsyncStub, request: pb.StreamTurnRequest, writer: StreamingWavWriter | None
+    stub: pb_grpc.AudioChatServiceAsyncStub, request: pb.StreamTurnRequest, writer: _LazyWav | None
 ) -> tuple[pb.TurnCompleted, float | None]:
     """One turn: its TurnCompleted and its time to first audio in ms (None without audio)."""
     sent_at = time.perf_counter()
@@ -147,12 +186,14 @@ async def _stream(
     return completed, first_audio_ms
 
 
-def _report(completed: pb.TurnCompleted, first_audio_ms: float | None, output: Path | None) -> None:
+def _report(completed: pb.TurnCompleted, first_audio_ms: float | None, written: Path | None) -> None:
     seconds = completed.audio_samples / MODEL_SAMPLE_RATE
     if first_audio_ms is not None:
         print(f"time to first audio: {first_audio_ms:.0f} ms", file=sys.stderr)
-    if output is not None:
-        print(f"wrote {seconds:.2f} s of audio to {output}", file=sys.stderr)
+        if written is not None:
+            print(f"wrote {seconds:.2f} s of audio to {written}", file=sys.stderr)
+        else:
+            print(f"{seconds:.2f} s of audio not kept (-o FILE.wav writes it)", file=sys.stderr)
     if completed.reason == pb.FINISH_REASON_ERROR:
         error = completed.error
         raise ClientError(f"the turn failed: {pb.ErrorCode.Name(error.code)}: {error.message}")

@@ -10,6 +10,8 @@ from typing import Any
 from service.turn_input import Defaults, Limits
 from service.upstream import Deadlines
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -100,10 +102,21 @@ class Settings:
 
     def validated(self) -> Settings:
         """Self, or a ValueError naming the first bad setting."""
+        # Each message names both ways to give the setting: the user may have used either.
         if self.upstream_kind not in ("openai", "offline"):
-            raise ValueError(f"AUDIOCHAT_UPSTREAM must be 'openai' or 'offline', not {self.upstream!r}")
+            raise ValueError(
+                "upstream (--upstream or AUDIOCHAT_UPSTREAM) must be openai or offline, "
+                f"not {self.upstream!r}"
+            )
         if self.upstream_kind == "openai" and not self.openai_api_key:
-            raise ValueError("AUDIOCHAT_UPSTREAM=openai needs OPENAI_API_KEY")
+            raise ValueError(
+                "upstream openai (--upstream or AUDIOCHAT_UPSTREAM) needs a key: set OPENAI_API_KEY"
+            )
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(
+                f"log level (--log-level or AUDIOCHAT_LOG_LEVEL) must be one of {', '.join(LOG_LEVELS)}, "
+                f"not {self.log_level!r}"
+            )
         for name in ("grpc_port", "http_port", "metrics_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+import socket
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from audiochat.v1 import audiochat_pb2 as pb
+from service import client
 from service.audio import parse_wav
 from tests.processes import AUDIOCHAT, REPO, ServeProcess, audiochat_serve, offline_environment
 
@@ -69,3 +76,79 @@ def test_ask_refuses_a_file_that_is_not_audio(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "is not a recording audiochat reads" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_closed_port_is_reported_without_waiting_for_grpc(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gRPC would retry a refused connect with backoff until its timeout; made ten minutes here, the
+    # refusal must still come back at once (the 30 s bound only keeps a regression from hanging).
+    monkeypatch.setattr(client, "CONNECT_TIMEOUT_SECONDS", 600.0)
+    target = f"127.0.0.1:{closed_port()}"
+    async with asyncio.timeout(30):
+        with pytest.raises(client.ClientError, match=f"nothing answers at {target}"):
+            await client.run_turn(target, pb.StreamTurnRequest(), None)
+
+
+def test_say_against_the_http_edge_says_it_is_not_grpc(tmp_path: Path) -> None:
+    with audiochat_serve() as serve:
+        http_port = serve.wait_for("audiochat ready")["http_port"]
+        result = run_client("say", "hi", "--target", f"127.0.0.1:{http_port}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"audiochat: 127.0.0.1:{http_port} accepts connections but does not speak gRPC (the HTTP edge? "
+        "`say` and `ask` need the gRPC port, 50051 by default)"
+    ]
+
+
+def test_text_only_say_is_refused_before_the_round_trip_and_ask_text_only_keeps_no_wav(
+    tmp_path: Path,
+) -> None:
+    refused = run_client("say", "hi", "--text-only", "-o", str(tmp_path / "a.wav"), "--target", "127.0.0.1:9")
+    assert refused.returncode == 1
+    assert "say --text-only sends no audio either way" in refused.stderr
+    assert not (tmp_path / "a.wav").exists()
+    with audiochat_serve() as serve:
+        target = target_of(serve)
+        said = run_client("say", "hello there", "-o", str(tmp_path / "q.wav"), "--target", target)
+        assert said.returncode == 0, said.stderr
+        asked = run_client(
+            "ask", str(tmp_path / "q.wav"), "--text-only", "-o", str(tmp_path / "a.wav"), "--target", target
+        )
+        assert asked.returncode == 0, asked.stderr
+        assert "seconds" in asked.stdout, "the text answer arrived"
+        assert not (tmp_path / "a.wav").exists(), "no audio, no file"
+        # Without -o the audio is not silently dropped: the user is told how to keep it.
+        unsaved = run_client("say", "hello", "--target", target)
+        assert unsaved.returncode == 0, unsaved.stderr
+        assert re.search(r"^\d+\.\d\d s of audio not kept \(-o FILE\.wav writes it\)$", unsaved.stderr, re.M)
+
+
+def test_version_and_settings_errors_name_what_to_change() -> None:
+    version = run_client("--version")
+    assert version.stdout.strip() == f"audiochat {metadata.version('audiochat')}"
+    for environment, args, expected in (
+        ({"AUDIOCHAT_LOG_LEVEL": "verbose"}, [], "log level (--log-level or AUDIOCHAT_LOG_LEVEL) must be"),
+        ({}, ["--log-level", "loud"], "log level (--log-level or AUDIOCHAT_LOG_LEVEL) must be"),
+        ({}, ["--upstream", "openai"], "upstream openai (--upstream or AUDIOCHAT_UPSTREAM) needs a key"),
+        (
+            {"AUDIOCHAT_UPSTREAM": "openai"},
+            [],
+            "upstream openai (--upstream or AUDIOCHAT_UPSTREAM) needs a key",
+        ),
+    ):
+        result = subprocess.run(
+            [*AUDIOCHAT, "serve", *args],
+            env={**offline_environment(), **environment},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert result.returncode == 1
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith(f"audiochat: {expected}"), line
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
