@@ -32,10 +32,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+# uvicorn says these once per server, and a process runs up to three (offline voice, metrics, edge).
+_PROCESS_MESSAGES = ("Started server process", "Finished server process")
+_said: set[str] = set()
+
+
+def _once_per_process(record: logging.LogRecord) -> bool:
+    """Let uvicorn's process-level lines through the first time only."""
+    if record.name != "uvicorn.error" or not isinstance(record.msg, str):
+        return True
+    prefix = next((m for m in _PROCESS_MESSAGES if record.msg.startswith(m)), None)
+    if prefix is None:
+        return True
+    if prefix in _said:
+        return False
+    _said.add(prefix)
+    return True
+
+
 def configure(level: str) -> None:
     """Send every logger to stderr as JSON lines at `level`."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(_once_per_process)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -78,7 +78,9 @@ def turn_finished(turn: Turn, transport: str, ended_at: float) -> None:
         metrics.record_usage(turn.usage)
     if turn.upstream_first_byte_at is not None:
         metrics.UPSTREAM_TIME_TO_FIRST_BYTE.observe(turn.upstream_first_byte_at - turn.accepted_at)
-    log.info(
+    # A failure is worth a look: warning, with the reason and the request id to quote to the upstream.
+    log.log(
+        logging.WARNING if error is not None else logging.INFO,
         "turn %s",
         outcome,
         extra={
@@ -97,5 +99,7 @@ def turn_finished(turn: Turn, transport: str, ended_at: float) -> None:
             "input_audio_ms": round(audio_in * 1000),
             "upstream_request_id": turn.upstream_request_id,
             "error_code": error_code,
+            "error_message": error.message if error is not None else None,
+            "upstream_error_code": error.upstream_code or None if error is not None else None,
         },
     )

@@ -40,6 +40,8 @@ async def open_upstream(settings: Settings) -> AsyncIterator[Upstream]:
             deadlines=settings.deadlines,
         )
         stack.push_async_callback(upstream.close)
+        if settings.upstream_kind == "openai":
+            log.info("upstream: OpenAI Chat Completions", extra={"base_url": upstream.base_url})
         yield upstream
 
 

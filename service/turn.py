@@ -67,7 +67,12 @@ class Turn:
     async def events(self) -> AsyncGenerator[pb.TurnEvent, None]:
         """The turn's events. Raises TurnFailed if the upstream refuses before the answer starts."""
         async with AsyncExitStack() as stack:
-            stream = await self._open(stack)
+            try:
+                stream = await self._open(stack)
+            except TurnFailed as exc:
+                # A refusal has a request id too (the SDK's APIStatusError.request_id): the log needs it.
+                self.upstream_request_id = str(getattr(exc.__cause__, "request_id", None) or "")
+                raise
             self.chunk_read_at = self._clock()
             self.upstream_request_id = stream.request_id
             yield self._number(pb.TurnEvent(started=self._started()))

@@ -158,6 +158,11 @@ class OpenAIUpstream:
             max_retries=0,
         )
 
+    @property
+    def base_url(self) -> str:
+        """Where requests go: the given base_url, else the SDK's (OPENAI_BASE_URL or OpenAI's own)."""
+        return str(self._client.base_url)
+
     @asynccontextmanager
     async def open(self, params: Mapping[str, Any]) -> AsyncIterator[ChunkStream]:
         """Open the stream; closing the context closes the HTTP connection at once."""
