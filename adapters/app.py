@@ -51,8 +51,10 @@ async def core_problem(edge: EdgeContext) -> str | None:
 
 
 async def metrics(request: Request) -> Response:
-    """The process's Prometheus registry."""
-    body, content_type = service_metrics.exposition()
+    """The edge's own metrics; in an edge-only process also the process's (python_info, process_*),
+    which otherwise the core's metrics port serves: scraping both never counts anything twice."""
+    edge: EdgeContext = request.app.state.edge
+    body, content_type = service_metrics.edge_exposition(with_process=edge.settings.role == "edge")
     return Response(body, media_type=content_type)
 
 

@@ -169,7 +169,7 @@ async def _stream(
     call: Any, parsed: CompatRequest, ident: wire.StreamIdentity, counted: Any, heartbeat_seconds: float
 ) -> AsyncIterator[bytes]:
     head, tail = _audio_chunk_parts(ident)
-    relay = metrics.for_transport("openai").edge_relay_added
+    relay = metrics.edge_relay("openai")
     usage: pb.Usage | None = None
     with counted():
         try:

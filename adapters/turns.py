@@ -144,7 +144,7 @@ def _stream(edge: EdgeContext, buffered: TurnLog, after: int) -> ClosingStreamin
 
 
 async def _follow(edge: EdgeContext, buffered: TurnLog, after: int) -> AsyncIterator[bytes]:
-    relay = metrics.for_transport("sse").edge_relay_added
+    relay = metrics.edge_relay("sse")
     with edge.stream():
         async for data in buffered.follow(after, edge.settings.heartbeat_seconds, relay):
             yield data or HEARTBEAT

@@ -237,7 +237,7 @@ class Session:
 
     async def _core_to_client(self, call: Any) -> EdgeError | bool | None:
         ws = self._ws
-        relay = metrics.for_transport("websocket").edge_relay_added
+        relay = metrics.edge_relay("websocket")
         try:
             while (response := await call.read()) is not grpc.aio.EOF:
                 received_at = time.perf_counter()

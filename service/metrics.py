@@ -15,17 +15,36 @@ from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     REGISTRY,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     Info,
+    disable_created_metrics,
     generate_latest,
     make_asgi_app,
 )
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
 
 from audiochat.v1 import audiochat_pb2 as pb
 from service.usage import sent as usage_sent
+
+# A `*_created` series per counter and histogram child doubles what is scraped and is rarely queried.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# Each process exports what it measures, once. The core's families (and the process's own: python_info,
+# process_*) are in the default REGISTRY, served on AUDIOCHAT_METRICS_PORT by roles all and core. The
+# edge's families are in EDGE_REGISTRY, served at the edge's /metrics; an edge-only process (role edge)
+# has no core port, so its /metrics adds the process families: EDGE_PROCESS_REGISTRY.
+EDGE_REGISTRY = CollectorRegistry()
+EDGE_PROCESS_REGISTRY = CollectorRegistry()
+# The transports an edge relays; the core's own "grpc" never passes through an edge.
+EDGE_TRANSPORTS = ("sse", "websocket", "openai")
 
 LATENCY_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40,
@@ -67,6 +86,7 @@ EDGE_RELAY_ADDED = Histogram(
     "At the edge: event received from the core to written to the HTTP or WebSocket client.",
     ["transport"],
     buckets=RELAY_BUCKETS,
+    registry=EDGE_REGISTRY,
 )
 ACTIVE_STREAMS = Gauge("audiochat_active_streams", "Calls being served now.", ["transport"])
 RUNNING_TURNS = Gauge(
@@ -78,7 +98,9 @@ INTERRUPTIONS = Counter("audiochat_interruptions_total", "Answers stopped by the
 AUDIO_SECONDS = Counter("audiochat_audio_seconds_total", "Seconds of audio relayed.", ["direction"])
 TOKENS = Counter("audiochat_tokens_total", "Tokens the upstream reported.", ["direction", "modality"])
 UPSTREAM_ERRORS = Counter("audiochat_upstream_errors_total", "Failed upstream turns by status.", ["code"])
-RESUMES = Counter("audiochat_resumes_total", "SSE reconnections with Last-Event-ID.", ["result"])
+RESUMES = Counter(
+    "audiochat_resumes_total", "SSE reconnections with Last-Event-ID.", ["result"], registry=EDGE_REGISTRY
+)
 # Hands-free (server VAD): how turns are committed, voice barge-ins, and the wait after speaking.
 TURN_COMMITS = Counter(
     "audiochat_turn_commits_total",
@@ -95,6 +117,16 @@ SPEECH_TO_FIRST_AUDIO = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 BUILD_INFO = Info("audiochat_build", "Version of the running gateway.")
+for _collector in (
+    EDGE_RELAY_ADDED,
+    RESUMES,
+    PROCESS_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    GC_COLLECTOR,
+    BUILD_INFO,
+):
+    EDGE_PROCESS_REGISTRY.register(_collector)
+_EDGE_RELAY = {transport: EDGE_RELAY_ADDED.labels(transport) for transport in EDGE_TRANSPORTS}
 
 _AUDIO_IN = AUDIO_SECONDS.labels("in")
 _AUDIO_OUT = AUDIO_SECONDS.labels("out")
@@ -122,7 +154,6 @@ class TransportMetrics:
     first_audio: Histogram
     first_text: Histogram
     relay_added: Histogram
-    edge_relay_added: Histogram
     active: Gauge
     running: Gauge
     conversations: Gauge
@@ -137,13 +168,17 @@ def for_transport(transport: str) -> TransportMetrics:
         first_audio=TIME_TO_FIRST_AUDIO.labels(transport),
         first_text=TIME_TO_FIRST_TEXT.labels(transport),
         relay_added=RELAY_ADDED.labels(transport),
-        edge_relay_added=EDGE_RELAY_ADDED.labels(transport),
         active=ACTIVE_STREAMS.labels(transport),
         running=RUNNING_TURNS.labels(transport),
         conversations=OPEN_CONVERSATIONS.labels(transport),
         interruptions=INTERRUPTIONS.labels(transport),
         transport=transport,
     )
+
+
+def edge_relay(transport: str) -> Histogram:
+    """The edge's relay histogram child of one of EDGE_TRANSPORTS (KeyError for any other)."""
+    return _EDGE_RELAY[transport]
 
 
 def record_usage(usage: pb.Usage) -> None:
@@ -181,10 +216,21 @@ def record_turn(transport: str, outcome: str, duration_seconds: float, error_cod
 
 
 def asgi_app() -> Any:
-    """An ASGI app serving the exposition (on its own port for the core, at /metrics on the edge)."""
-    return make_asgi_app(REGISTRY)
+    """The core's exposition (the default REGISTRY) at GET /metrics, for its own port; 404 elsewhere."""
+    exposition = make_asgi_app(REGISTRY)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/metrics":
+            await exposition(scope, receive, send)
+        elif scope["type"] == "http":
+            await PlainTextResponse("not found: metrics are at /metrics\n", status_code=404)(
+                scope, receive, send
+            )
+
+    return app
 
 
-def exposition() -> tuple[bytes, str]:
-    """The text exposition of every metric, and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+def edge_exposition(*, with_process: bool) -> tuple[bytes, str]:
+    """The edge's families as text, and the content type; `with_process` adds the process's own families
+    and build info, for an edge-only process that has no core metrics port to export them."""
+    return generate_latest(EDGE_PROCESS_REGISTRY if with_process else EDGE_REGISTRY), CONTENT_TYPE_LATEST

@@ -14,9 +14,10 @@ DASHBOARD = Path(__file__).resolve().parent.parent / "helm" / "grafana" / "audio
 
 
 def exported_names() -> set[str]:
-    """Every sample name the registry can produce: families (labelled ones may have no samples yet)."""
+    """Every sample name the core's and the edge's registries can produce (labelled families may have no
+    samples yet)."""
     metrics.for_transport("grpc")
-    families = list(REGISTRY.collect())
+    families = [*REGISTRY.collect(), *metrics.EDGE_REGISTRY.collect()]
     by_type = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "info": ("_info",)}
     return {family.name + suffix for family in families for suffix in by_type.get(family.type, ("",))}
 

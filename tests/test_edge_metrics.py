@@ -1,4 +1,5 @@
-"""After a turn through each edge transport, the edge's /metrics moved by the right amounts."""
+"""After a turn through each edge transport, the edge's /metrics and the core's moved by the right amounts,
+each family in exactly one of them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import httpx
 import openai
 import pytest
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
@@ -15,15 +17,22 @@ from tests.edge_fixtures import RunningEdge
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
+def samples_of(text: str) -> Samples:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 async def scrape(edge: RunningEdge) -> Samples:
+    """The edge's /metrics over HTTP and the core's exposition (this test runs the core in-process)."""
     async with httpx.AsyncClient(base_url=edge.base_url) as client:
         response = await client.get("/metrics")
     assert response.status_code == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    at_edge, at_core = samples_of(response.text), samples_of(generate_latest(REGISTRY).decode())
+    assert not {name for name, _ in at_edge} & {name for name, _ in at_core}, "a family exported twice"
+    return at_edge | at_core
 
 
 def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:

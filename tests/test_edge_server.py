@@ -29,7 +29,9 @@ async def test_health_readiness_and_metrics(edge: RunningEdge) -> None:
         not_ready = await client.get("/readyz")
         assert (await client.get("/healthz")).status_code == 200, "alive, only not ready"
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain; version=")
-    assert b"python_info" in metrics.content
+    # Role all: the process's and the core's families are on the core's metrics port, not repeated here.
+    assert b"audiochat_edge_relay_added_seconds_count" in metrics.content
+    assert b"python_info" not in metrics.content and b"audiochat_turns_total" not in metrics.content
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert not_ready.status_code == 503
 

@@ -159,3 +159,34 @@ async def test_a_barge_in_after_the_answer_arrived_counts_as_an_interruption(
     after = await scrape()
     assert delta(before, after, "audiochat_interruptions_total", transport="grpc") == 1
     assert delta(before, after, "audiochat_turns_total", transport="grpc", outcome="stop") == 1
+
+
+async def test_the_core_port_serves_metrics_only_at_slash_metrics_and_without_created_series(
+    scrape: Scrape,
+) -> None:
+    samples = await scrape()
+    assert not [name for name, _ in samples if name.endswith("_created")]
+    assert any(name == "python_info" for name, _ in samples), "the process's own families are here"
+    assert not [name for name, _ in samples if name.startswith(("audiochat_edge_", "audiochat_resumes"))]
+    async with EmbeddedHTTPServer(metrics.asgi_app()) as endpoint, httpx.AsyncClient() as client:
+        for path in ("/", "/metricsx", "/favicon.ico", "/v1/turns"):
+            assert (await client.get(f"http://127.0.0.1:{endpoint.port}{path}")).status_code == 404, path
+
+
+def test_an_edge_only_process_exports_the_edge_and_the_process_families_and_no_core_ones() -> None:
+    with_process, _ = metrics.edge_exposition(with_process=True)
+    families = {family.name for family in text_string_to_metric_families(with_process.decode())}
+    assert {
+        "audiochat_edge_relay_added_seconds",
+        "audiochat_resumes",
+        "python_info",
+        "audiochat_build_info",
+    } <= families
+    assert not {name for name in families if name.startswith("audiochat_")} - {
+        "audiochat_edge_relay_added_seconds",
+        "audiochat_resumes",
+        "audiochat_build_info",
+    }, "core families would read as zeros"
+    # The core's own transport never passes through an edge, so it has no edge series.
+    assert 'transport="grpc"' not in with_process.decode()
+    assert "_created" not in with_process.decode()
