@@ -18,11 +18,11 @@ from openai import AsyncStream
 from openai.types.chat import ChatCompletionChunk
 
 from service.audio import parse_wav, wrap_pcm16_as_wav
-from service.offline.answer import OFFLINE_NOTE
+from service.offline.answer import OFFLINE_NOTE, compose_answer
 from service.offline.app import OfflineVoiceSettings
 from service.offline.audio_ids import AudioIdStore
 from service.offline.server import OfflineVoiceServer
-from service.offline.speech import espeak_variant, resample_22050_to_24000, synthesize
+from service.offline.speech import VOICES, espeak_variant, resample_22050_to_24000, synthesize
 
 MODEL = "gpt-4o-audio-preview"
 SPOKEN = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"}}
@@ -123,13 +123,15 @@ def test_synthesize_speaks_24khz_speech() -> None:
     assert synthesize("   ") == b""
 
 
-def test_every_voice_name_maps_to_a_stable_english_variant() -> None:
-    for name in ("alloy", "echo", "shimmer", "cedar", "voice_1234abcd", "Not A Voice!", ""):
-        variant = espeak_variant(name)
-        assert variant == espeak_variant(name)
-        assert variant.startswith("en")
-        assert len(synthesize("Hi.", name)) > 0
-    assert espeak_variant("shimmer") != espeak_variant("echo")
+def test_each_openai_voice_speaks_with_its_own_espeak_voice() -> None:
+    assert len(set(VOICES.values())) == len(VOICES), "two OpenAI voices would sound the same"
+    spoken = {name: synthesize("Is a golden retriever a good family dog?", name) for name in VOICES}
+    assert len(set(spoken.values())) == len(VOICES)
+    assert all(len(pcm) > 24_000 for pcm in spoken.values())
+    # Custom voice ids get a stable variant that is not any OpenAI voice's.
+    custom = espeak_variant("voice_1234abcd")
+    assert custom == espeak_variant("voice_1234abcd") and custom not in VOICES.values()
+    assert espeak_variant("") == VOICES["alloy"]
 
 
 def test_resampler_keeps_a_tone_and_its_frequency() -> None:
@@ -354,7 +356,38 @@ async def test_multi_turn_refers_to_the_issued_audio_id(http: httpx.AsyncClient)
     ]
     second = await http.post("chat/completions", json={**_request(), "messages": history})
     assert second.status_code == 200
-    assert second.json()["choices"][0]["message"]["audio"]["transcript"] == "You said: And a cat?"
+    # The note is on every answer, not only the first: a later turn is as offline as the first.
+    assert (
+        second.json()["choices"][0]["message"]["audio"]["transcript"]
+        == f"{OFFLINE_NOTE} You said: And a cat?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("question", "echoed"),
+    [
+        (
+            "I live in a small apartment in a big city with two kids and a cat and I work long hours "
+            "every day so is a golden retriever a good family dog for us?",
+            "You said: I live in a small apartment in a big city with two kids and a cat and I work long "
+            "hours every day, and 11 more words.",
+        ),
+        (
+            "We have a garden, two cats, a rabbit and three children, and we travel a lot in summer, so "
+            "which dog breed would suit a family like ours best?",
+            "You said: We have a garden, two cats, a rabbit and three children, and we travel a lot in "
+            "summer, and 11 more words.",
+        ),
+        (
+            "What should I cook tonight with rice? I have two eggs, spinach, half an onion and a bit of "
+            "cheese in the fridge and twenty minutes.",
+            "You said: What should I cook tonight with rice? I have two eggs, spinach, and 14 more words.",
+        ),
+    ],
+)
+def test_a_long_question_is_cut_at_a_phrase_boundary(question: str, echoed: str) -> None:
+    answer = compose_answer(question, None)
+    assert answer == f"{OFFLINE_NOTE} {echoed}"
 
 
 def test_audio_ids_expire_and_stay_bounded() -> None:
@@ -383,6 +416,31 @@ async def _error(http: httpx.AsyncClient, request: Any, status: int = 400) -> Js
     assert set(body["error"]) == {"message", "type", "param", "code"}
     error: Json = body["error"]
     return error
+
+
+@module_loop
+@pytest.mark.parametrize("name", ["bogusvoice", "Alloy", "nova2"])
+async def test_an_unknown_voice_is_refused_like_openai(
+    http: httpx.AsyncClient, sdk: openai.AsyncOpenAI, name: str
+) -> None:
+    request = _request(stream=True)
+    request["audio"] = {"voice": name, "format": "pcm16"}
+    error = await _error(http, request)
+    listed = ", ".join(f"'{name}'" for name in list(VOICES)[:-1]) + f", and '{list(VOICES)[-1]}'"
+    assert error["message"] == f"Invalid value: '{name}'. Supported values are: {listed}."
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error",
+        "audio.voice",
+        "invalid_value",
+    )
+    with pytest.raises(openai.BadRequestError, match="Invalid value"):
+        await sdk.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Hi"}],
+            modalities=["text", "audio"],
+            audio={"voice": name, "format": "pcm16"},
+            stream=True,
+        )
 
 
 @module_loop

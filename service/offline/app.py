@@ -159,9 +159,7 @@ class _ChatCompletions:
         if results:
             answer = speak_results(results)
         else:
-            answer = compose_answer(
-                chat.user_text, chat.user_audio_seconds, first_turn=chat.assistant_turns == 0
-            )
+            answer = compose_answer(chat.user_text, chat.user_audio_seconds)
         if chat.stream:
             return StreamingResponse(self._counted(self._stream_events(chat, answer)), media_type=_SSE)
         return await self._complete(chat, answer)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.audio import AudioFormatError, mp3_duration_seconds, parse_wav
+from service.offline.speech import VOICES
 from service.offline.wire import Json, error_object
 
 # OpenAI accepts these output formats without streaming; only pcm16 streams.
@@ -151,10 +152,14 @@ def _output_audio(body: Json, stream: bool) -> tuple[bool, str, str]:
     if not isinstance(audio, dict):
         raise _missing("audio")
     voice = audio.get("voice")
+    custom = isinstance(voice, dict)
     if isinstance(voice, dict):
         voice = voice.get("id")  # custom voices are {"id": "voice_..."}
     if not isinstance(voice, str) or not voice:
         raise _missing("audio.voice")
+    if not custom and voice not in VOICES:
+        # As OpenAI answers a name it does not have: 400 invalid_value listing the voices.
+        raise _invalid_value(voice, "audio.voice", tuple(VOICES))
     audio_format = audio.get("format")
     if audio_format is None:
         raise _missing("audio.format")

@@ -23,12 +23,27 @@ _CHARS_UTF8 = 1
 _INITIALIZE_DONT_EXIT = 0x8000
 _EE_OK = 0
 
-# Female-sounding OpenAI voices get female variants and other names male ones, so a voice keeps a
-# recognisable character; custom ids ("voice_...") hash onto either.
-_FEMALE_VOICES = frozenset({"alloy", "coral", "sage", "shimmer", "ballad", "marin", "nova", "fable"})
-_FEMALE_VARIANTS = ("en-us+f3", "en-us+f2", "en+f4", "en-us+f5", "en+f1")
-_MALE_VARIANTS = ("en-us+m3", "en-us+m1", "en+m7", "en-us+m5", "en+m2")
-_DEFAULT_VARIANT = "en-us+f3"
+# One distinct espeak-ng voice (accent + variant) per OpenAI voice name, picked to keep each voice's
+# character (female or male, deeper or lighter, British for fable and ballad) as far as espeak-ng can.
+# The offline voice refuses other names, as OpenAI does (service/offline/chat_request.py).
+VOICES: dict[str, str] = {
+    "alloy": "en-us+f3",
+    "ash": "en-us+m3",
+    "ballad": "en-gb-x-rp+m1",
+    "coral": "en-us+f2",
+    "echo": "en-us+m1",
+    "fable": "en+m2",
+    "nova": "en-us+f4",
+    "onyx": "en-us+m7",
+    "sage": "en+f2",
+    "shimmer": "en-us+f5",
+    "verse": "en-029+m3",
+    "marin": "en-gb-scotland+f3",
+    "cedar": "en-us-nyc+m5",
+}
+# Custom voices ({"id": "voice_..."}) hash onto these; they are not any OpenAI voice's.
+_CUSTOM_VARIANTS = ("en-us+f1", "en-us+m2", "en+f4", "en+m4", "en-us+m6")
+_DEFAULT_VARIANT = VOICES["alloy"]
 
 # Windowed-sinc polyphase resampler 22,050 -> 24,000 Hz (ratio 160/147). Upsampling, so the
 # filter only has to remove images above the input's Nyquist frequency.
@@ -112,18 +127,14 @@ def _get_engine() -> _Espeak:
 
 
 def espeak_variant(voice: str) -> str:
-    """Map any OpenAI voice name or id to an espeak-ng English voice, the same one every time."""
+    """The espeak-ng voice for an OpenAI voice name (VOICES), or for a custom voice id (a stable hash
+    onto other variants); empty means alloy's."""
     name = voice.strip().lower()
     if not name:
         return _DEFAULT_VARIANT
-    variants: tuple[str, ...]
-    if name in _FEMALE_VOICES:
-        variants = _FEMALE_VARIANTS
-    elif name.isalpha():
-        variants = _MALE_VARIANTS
-    else:
-        variants = _FEMALE_VARIANTS + _MALE_VARIANTS
-    return variants[zlib.crc32(name.encode()) % len(variants)]
+    if name in VOICES:
+        return VOICES[name]
+    return _CUSTOM_VARIANTS[zlib.crc32(name.encode()) % len(_CUSTOM_VARIANTS)]
 
 
 def synthesize(text: str, voice: str = "") -> bytes:
