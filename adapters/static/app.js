@@ -26,13 +26,15 @@ const ui = {
 // Counters the browser tests read; also handy in the console.
 const test = {
   connected: false, conversations: 0, reconnects: 0, capturedSamples: 0, turns: {}, lastStop: null, errors: [],
-  handsFree: false, speech: [], voiceState: "off", peakLevel: 0,
+  handsFree: false, speech: [], voiceState: "off", peakLevel: 0, keyRefused: false,
   toolCalls: [],
 };
 window.audiochatTest = test;
 
 let socket = null;
 let reconnectAttempt = 0;
+// The server refused this page for its API key (none, or a wrong one): nothing but a new key will help.
+let keyRefused = false;
 let audio = null; // {context, player, capture, micStream}
 let recording = null; // {pcm: Int16Array[], samples}
 let pendingTurnSentAt = null;
@@ -51,8 +53,9 @@ function serverUrl() {
 
 function connect() {
   const protocols = ["audiochat.v1"];
+  // The key goes in an `auth` message, not the handshake: a wrong key then gets an answer the page can
+  // explain (a refused handshake looks the same as a server that is down).
   const key = ui.apiKey.value.trim();
-  if (key) protocols.push(`audiochat.bearer.${key}`);
   setStatus("connecting…", false);
   let ws;
   try {
@@ -64,6 +67,7 @@ function connect() {
   ws.binaryType = "arraybuffer";
   socket = ws;
   ws.onopen = () => {
+    if (key) ws.send(JSON.stringify({ type: "auth", token: key }));
     const config = { type: "config", input_audio: { encoding: "pcm16", sample_rate_hz: SOURCE_RATE } };
     if (handsFree) config.turn_detection = { type: "server_vad" };
     if (ui.voice.value.trim()) config.voice = ui.voice.value.trim();
@@ -83,8 +87,9 @@ function onClose(ws, event) {
   test.connected = false;
   stopPlayback(false);
   for (const turn of turns.values()) if (!turn.done) finishTurn(turn, { reason: "error", error: { message: "connection lost" } });
+  if (keyRefused) return; // already said, and reconnecting with the same key would be refused again
   if (event.code === 1008) {
-    showError(`The server refused the connection: ${event.reason || "not allowed"}. Check the API key in settings.`);
+    showError(`The server refused the connection: ${event.reason || "not allowed"}.`);
     setStatus("refused", false);
     return;
   }
@@ -108,6 +113,10 @@ function reconnectNow() {
 }
 
 function send(message) {
+  if (keyRefused) {
+    askForKey();
+    return false;
+  }
   if (!socket || socket.readyState !== WebSocket.OPEN) {
     showError("Not connected to the server yet. Wait a moment and try again.");
     return false;
@@ -161,7 +170,8 @@ function onEvent(event) {
       break;
     case "error":
       test.errors.push(event);
-      showError(event.message || "The server reported an error.");
+      if (event.code === "unauthenticated") askForKey();
+      else showError(event.message || "The server reported an error.");
       break;
     default:
       break; // usage and future events need nothing on this page
@@ -224,7 +234,7 @@ function finishTurn(turn, event) {
     markCut(turn, event.played_ms ?? 0);
   }
   if (turn.firstAudioAt !== null) meta.append(span(`first audio ${Math.round(turn.firstAudioAt - turn.sentAt)} ms`));
-  meta.append(span(`${seconds.toFixed(1)} s`));
+  meta.append(span(`done in ${seconds.toFixed(1)} s`)); // from sending to the last event, not the audio's length
   if (turn.receivedSamples) meta.append(downloadLink(turn));
   if (audio && !turn.stopped) audio.player.port.postMessage({ type: "end", turnId: turn.index });
 }
@@ -538,6 +548,23 @@ function setStatus(text, online) {
   ui.status.textContent = text;
   ui.dot.classList.toggle("online", online);
 }
+// Open the settings at the key field and say what is needed, in words rather than protocol.
+function askForKey() {
+  keyRefused = true;
+  test.keyRefused = true;
+  openSettings(true);
+  ui.apiKey.focus();
+  setStatus("needs an API key", false);
+  showError(
+    ui.apiKey.value.trim()
+      ? "This server refused this API key. Correct it in the settings above, then press Apply and reconnect."
+      : "This server needs an API key. Enter it in the settings above, then press Apply and reconnect.",
+  );
+}
+function openSettings(open) {
+  ui.settings.hidden = !open;
+  ui.settingsToggle.setAttribute("aria-expanded", String(open));
+}
 function showError(message) {
   ui.error.textContent = message;
   ui.error.hidden = false;
@@ -585,12 +612,12 @@ window.addEventListener("keyup", (event) => {
 
 ui.handsFree.addEventListener("change", () => setHandsFree(ui.handsFree.checked));
 
-ui.settingsToggle.addEventListener("click", () => {
-  ui.settings.hidden = !ui.settings.hidden;
-  ui.settingsToggle.setAttribute("aria-expanded", String(!ui.settings.hidden));
-});
+ui.settingsToggle.addEventListener("click", () => openSettings(ui.settings.hidden));
 ui.settings.addEventListener("submit", (event) => {
   event.preventDefault();
+  keyRefused = false;
+  test.keyRefused = false;
+  hideError();
   reconnectNow();
 });
 
