@@ -9,6 +9,7 @@ names the text leaves to the reader (`host`, `key`, `handleEvent`, `play`).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -120,7 +121,10 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def run(command: list[str], workdir: Path, service: Service) -> subprocess.CompletedProcess[str]:
-    environment = {**offline_environment(), "AUDIOCHAT_TARGET": service.grpc}
+    # As a reader with the venv active: `audiochat` on PATH, and the service's address as the default.
+    environment = offline_environment()
+    environment["PATH"] = os.pathsep.join([str(Path(sys.prefix) / "bin"), environment.get("PATH", "")])
+    environment["AUDIOCHAT_TARGET"] = service.grpc
     result = subprocess.run(
         command,
         cwd=workdir,
@@ -137,13 +141,15 @@ def run(command: list[str], workdir: Path, service: Service) -> subprocess.Compl
 
 
 def as_pattern(expected: str) -> re.Pattern[str]:
-    """An output line shown in the docs, with its numbers (timings, sizes) left free."""
-    parts = re.split(r"\d+(?:\.\d+)?", expected.strip())
+    """An output line shown in the docs, with its numbers (timings, sizes) left free and a trailing note set
+    off by two spaces, like `(on stderr)`, left out."""
+    expected = re.sub(r"\s{2,}\([^()]*\)$", "", expected.strip())
+    parts = re.split(r"\d+(?:\.\d+)?", expected)
     return re.compile(r"\d+(?:\.\d+)?".join(re.escape(part) for part in parts))
 
 
 def test_every_block_is_run_or_says_why_not() -> None:
-    runnable = {"python", "sh", "bash", "js", "yaml"}
+    runnable = {"python", "sh", "bash", "js", "yaml", "json"}
     unchecked = [
         str(sample)
         for sample in SAMPLES
@@ -218,6 +224,12 @@ def check_sse_output(shown: str, actual: str) -> None:
 @pytest.mark.parametrize("sample", select("yaml"))
 def test_yaml_sample_parses(sample: Sample) -> None:
     assert isinstance(yaml.safe_load(sample.code), dict)
+
+
+@pytest.mark.parametrize("sample", select("json"))
+def test_json_sample_parses(sample: Sample) -> None:
+    # A message the docs show is one JSON object (tests of its kind check what the service does with it).
+    assert isinstance(json.loads(sample.code), dict)
 
 
 def node_samples() -> list[Any]:

@@ -58,9 +58,7 @@ def test_a_taken_port_is_one_line_and_exit_status_2(
 
 async def test_the_grpc_server_names_its_setting_when_it_loses_the_race(taken_port: int) -> None:
     settings = Settings(bind="127.0.0.1", grpc_port=taken_port)
-    upstream = OpenAIUpstream(
-        api_key="unused", base_url="http://127.0.0.1:9/v1", timeout_seconds=1, max_retries=0
-    )
+    upstream = OpenAIUpstream(api_key="unused", base_url="http://127.0.0.1:9/v1")
     try:
         with pytest.raises(ListenError, match=f"127.0.0.1:{taken_port} for gRPC.*AUDIOCHAT_GRPC_PORT"):
             await AudioChatServer(settings, upstream).start()
