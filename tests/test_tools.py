@@ -263,6 +263,11 @@ async def read_turn(call: Any) -> Collected:
     return collected
 
 
+async def read_until_the_end(call: Any) -> None:
+    while await call.read() is not grpc.aio.EOF:
+        pass
+
+
 def result(tool_call_id: str, content: str = '{"temp_c":21}') -> pb.ConverseRequest:
     return pb.ConverseRequest(tool_result=pb.ToolResult(tool_call_id=tool_call_id, content=content))
 
@@ -381,3 +386,15 @@ async def test_a_new_input_instead_of_results_drops_the_calls_but_keeps_the_spee
         {"role": "user", "content": "Never mind."},
     ]
     await call.done_writing()
+
+
+async def test_a_result_before_the_calls_completed_is_refused(service: RunningService) -> None:
+    call = await open_conversation(service, "slow/tool_calls_after_speech")
+    await call.write(pb.ConverseRequest(text=pb.TextInput(text=QUESTION)))
+    while not (response := await call.read()).event.HasField("tool_call"):
+        pass  # the speech before the calls
+    await call.write(result(response.event.tool_call.id))  # its arguments are still being written
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await read_until_the_end(call)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "after the answer's TurnCompleted" in (raised.value.details() or "")

@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 
 from tests.edge_fixtures import RunningEdge, sdk_audio
 from tests.events import expected
+from tests.test_edge_websocket import closed_with, open_conversation, read_turn
 from tests.upstream_server import FixtureUpstream
 
 QUESTION = "What's the weather in Paris?"
@@ -332,3 +333,43 @@ async def test_websocket_tool_call_result_and_spoken_continuation(
         )
         error = json.loads(await ws.recv())
         assert error["type"] == "error" and "no tool call is waiting" in error["message"]
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+async def test_websocket_relays_each_tool_capture_exactly(edge: RunningEdge, name: str) -> None:
+    ws = await open_conversation(edge, f"fixture/{name}", tools=TOOLS)
+    await ws.send(json.dumps({"type": "text", "text": QUESTION}))
+    turn = await read_turn(ws)
+    calls: dict[int, dict[str, Any]] = {}
+    for event in turn.events:
+        if event["type"] == "tool_call.delta":
+            call = calls.setdefault(event["index"], {"id": "", "name": "", "arguments": ""})
+            call["id"] = event.get("id", call["id"])
+            call["name"] = event.get("name", call["name"])
+            call["arguments"] += event["arguments"]
+    want = expected(name)
+    assert [calls[i] for i in sorted(calls)] == want["tool_calls"]
+    assert turn.text == want["text"] and hashlib.sha256(turn.audio).hexdigest() == want["audio_sha256"]
+    assert turn.completed["reason"] == "tool_calls" and turn.completed["tool_calls"] == openai_calls(name)
+    await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("answers", "code", "message"),
+    [
+        (["call_unknown"], 1007, "unknown tool_call_id 'call_unknown'"),
+        (["call_R7tQm2XcLp9WkZ3vYh8NbDs1"] * 2, 1007, "already has its result"),
+        ([], 1008, "no tool call is waiting"),
+    ],
+)
+async def test_websocket_tool_result_mistakes_close_with_their_code(
+    edge: RunningEdge, answers: list[str], code: int, message: str
+) -> None:
+    ws = await open_conversation(edge, "fixture/tool_calls_after_speech" if answers else "fixture/text_only")
+    await ws.send(json.dumps({"type": "text", "text": QUESTION}))
+    await read_turn(ws)
+    for tool_call_id in answers or ["call_any"]:
+        await ws.send(json.dumps({"type": "tool_result", "tool_call_id": tool_call_id, "content": "x"}))
+    received, error = await closed_with(ws)
+    assert received == code
+    assert error is not None and message in error["message"]
