@@ -10,6 +10,7 @@ second of audio for one stream (so 1 / value is streams per core).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -135,6 +136,59 @@ def _groups() -> dict[str, Callable[[Case], bool]]:
     return groups
 
 
+CONCURRENCY = (1, 16, 64, 256)
+CONCURRENT_SECONDS = 10
+
+
+async def _concurrent_cpu(case: Case, streams: int, batched: bool) -> float:
+    """CPU seconds per audio second per stream: `streams` tasks, each its own Silero stream, woken each
+    20 ms tick to feed that tick's chunk, as a server's conversation tasks are woken by their clients."""
+    pcm = to_pcm16(case.samples)[: case.rate_hz * 2 * CONCURRENT_SECONDS]
+    chunk = case.rate_hz * CHUNK_MS // 1000 * 2
+    ticks = [pcm[offset : offset + chunk] for offset in range(0, len(pcm), chunk)]
+    queues: list[asyncio.Queue[bytes | None]] = [asyncio.Queue() for _ in range(streams)]
+    tick_done = asyncio.Event()
+    remaining = 0
+
+    async def stream(queue: asyncio.Queue[bytes | None]) -> None:
+        nonlocal remaining
+        detector = silero.SileroStream(case.rate_hz)
+        while (piece := await queue.get()) is not None:
+            if batched:
+                await detector.feed_batched(piece)
+            else:
+                detector.feed(piece)
+            remaining -= 1
+            if remaining == 0:
+                tick_done.set()
+
+    began = time.process_time()
+    tasks = [asyncio.create_task(stream(queue)) for queue in queues]
+    for piece in ticks:
+        tick_done.clear()
+        remaining = streams
+        for queue in queues:
+            queue.put_nowait(piece)
+        await tick_done.wait()
+    for queue in queues:
+        queue.put_nowait(None)
+    await asyncio.gather(*tasks)
+    return (time.process_time() - began) / (streams * len(pcm) / (2 * case.rate_hz))
+
+
+def concurrency_report(case: Case) -> list[str]:
+    """Silero's CPU per stream at several concurrencies, each frame alone and batched across streams."""
+    lines = [
+        "| streams | CPU s per audio s per stream, alone | batched | streams per core, batched |",
+        "|---:|---:|---:|---:|",
+    ]
+    for streams in CONCURRENCY:
+        alone = asyncio.run(_concurrent_cpu(case, streams, batched=False))
+        batched = asyncio.run(_concurrent_cpu(case, streams, batched=True))
+        lines.append(f"| {streams} | {alone:.4f} | {batched:.4f} | {1 / batched:.0f} |")
+    return lines
+
+
 def evaluate(names: list[str], settings: VadSettings) -> str:
     """Run the detectors over every case and return the Markdown report."""
     all_cases = cases()
@@ -168,6 +222,16 @@ def evaluate(names: list[str], settings: VadSettings) -> str:
             "",
             HEADER,
             *summary,
+            "",
+            "## Concurrent streams (Silero, 24 kHz, clean case)",
+            "",
+            f"One task per stream, all woken each {CHUNK_MS} ms tick with that tick's chunk,"
+            f" {CONCURRENT_SECONDS} s of audio. 'alone' runs each frame in its own onnxruntime call,"
+            " 'batched' the frames of one event-loop round in one call (service.vad.batch, what the server"
+            " does). Chunks arriving in the same round are the best case for batching; a server's arrive"
+            f" spread over the {CHUNK_MS} ms, so its batches are smaller.",
+            "",
+            *concurrency_report(next(c for c in all_cases if c.noise == "none" and c.rate_hz == 24_000)),
             "",
             "## Every case",
             "",

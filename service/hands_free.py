@@ -87,7 +87,7 @@ class HandsFree:
                 raise InvalidInput("server_vad needs one audio format for the whole conversation")
         if self._listener is None:
             raise InvalidInput("the first audio chunk of a conversation needs its format")
-        return self._listener.feed(chunk.data)
+        return await self._listener.feed(chunk.data)
 
     async def _open(self, audio_format: pb.AudioFormat) -> None:
         rate = audio_format.sample_rate_hz

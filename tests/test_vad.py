@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import numpy as np
@@ -58,6 +59,10 @@ def test_segmenter_hysteresis_keeps_speech_through_hovering_frames() -> None:
     assert events == [SpeechStarted(0), SpeechStopped(1344)]
 
 
+def utterance_pcm() -> bytes:
+    return synthesize("Could you tell me the way to the station?", "echo")
+
+
 def _speech_24k(text: str) -> np.ndarray:
     return np.frombuffer(synthesize(text, "echo"), dtype="<i2").astype(np.float32) / 32768.0
 
@@ -110,3 +115,27 @@ def test_evaluation_scoring_counts_missed_and_false_turns() -> None:
     result = score(case, [(1020, 2100), (1500, 1900), (8000, 9000)], cpu_seconds=0.5)
     assert result.start_errors == [20] and result.end_errors == [100]
     assert result.missed == 1 and result.false == 2
+
+
+async def test_batched_streams_get_the_probabilities_each_gets_alone() -> None:
+    rng = np.random.default_rng(5)
+    speech = np.frombuffer(utterance_pcm(), dtype="<i2")
+    inputs = []
+    for index in range(5):  # different audio per stream, so a mixed-up state or row shows
+        noise = rng.standard_normal(len(speech) + 4800 * index) * 300
+        mixed = noise.copy()
+        mixed[4800 * index :] += speech
+        inputs.append(np.clip(mixed, -32768, 32767).astype("<i2").tobytes())
+    alone = [silero.SileroStream(24_000).feed(pcm) for pcm in inputs]
+    streams = [silero.SileroStream(24_000) for _ in inputs]
+    batched: list[list[float]] = [[] for _ in inputs]
+
+    async def feed(index: int) -> None:
+        for offset in range(0, len(inputs[index]), 960):
+            batched[index] += await streams[index].feed_batched(inputs[index][offset : offset + 960])
+
+    await asyncio.gather(*(feed(index) for index in range(len(inputs))))
+    for one, many in zip(alone, batched, strict=True):
+        assert len(one) == len(many) > 50
+        assert np.allclose(one, many, atol=1e-4)
+    assert max(max(p) for p in batched) > 0.9 and min(min(p) for p in batched) < 0.1

@@ -55,12 +55,12 @@ class VoiceListener:
     def _ms_at(self, byte: int) -> int:
         return byte * 1000 // (2 * self.sample_rate_hz)
 
-    def feed(self, pcm16: bytes) -> list[Heard]:
+    async def feed(self, pcm16: bytes) -> list[Heard]:
         """Take the next bytes; return what they completed: confirmed starts and utterances to commit."""
         self._buffer += pcm16
         self._received += len(pcm16)
         heard: list[Heard] = []
-        for probability in self._detector.feed(pcm16):
+        for probability in await self._detector.feed_batched(pcm16):
             event = self._segmenter.push(probability)
             if isinstance(event, SpeechStarted):
                 self._started = event

@@ -7,14 +7,19 @@ resampled to 16 kHz by libsoxr as it streams in, so positions stay exact.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import threading
+import weakref
+from collections.abc import Iterator
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime
 import soxr
+
+from service.vad.batch import Batcher
 
 # The model file of Silero VAD v6 (byte-identical to the one in snakers4's `silero-vad` wheel, which
 # would also pull in torch); tests/test_vad_detector.py pins its hash.
@@ -23,12 +28,13 @@ MODEL_FILE: Final = "data/silero_vad.onnx"
 
 _FRAME_SAMPLES: Final = {16_000: 512, 8_000: 256}
 _CONTEXT_SAMPLES: Final = {16_000: 64, 8_000: 32}
-_STATE_SHAPE: Final = (2, 1, 128)
+_STATE_SHAPE: Final = (2, 128)  # per stream; the model takes (2, batch, 128)
 MIN_SAMPLE_RATE_HZ: Final = 8_000
 MAX_SAMPLE_RATE_HZ: Final = 96_000
 
 _session: onnxruntime.InferenceSession | None = None
 _session_lock = threading.Lock()
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batcher] = weakref.WeakKeyDictionary()
 
 
 def model_bytes() -> bytes:
@@ -57,12 +63,23 @@ def load() -> None:
     _shared_session()
 
 
+def _batcher() -> Batcher:
+    """The batcher of the running event loop (one per loop: futures belong to their loop)."""
+    loop = asyncio.get_running_loop()
+    batcher = _batchers.get(loop)
+    if batcher is None:
+        batcher = _batchers[loop] = Batcher(_shared_session())
+    return batcher
+
+
 class SileroStream:
     """Speech probabilities of one audio stream, frame by frame.
 
     `feed` takes mono pcm16 at `sample_rate_hz` in chunks of any size and returns the probability
     (0..1) of each 32 ms frame completed so far; frame k covers [k * frame_ms, (k + 1) * frame_ms) of
-    the input. Memory is bounded by one frame plus the resampler's filter.
+    the input. `feed_batched` does the same in a batch with the other streams of the event loop (what a
+    server runs); `feed` runs each frame alone (what the evaluation times per stream). Memory is bounded by
+    one frame plus the resampler's filter.
     """
 
     def __init__(self, sample_rate_hz: int) -> None:
@@ -80,7 +97,7 @@ class SileroStream:
         )
         self._sr = np.array(self.model_rate_hz, dtype=np.int64)
         self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
-        self._window = np.zeros((1, _CONTEXT_SAMPLES[self.model_rate_hz] + self._frame), dtype=np.float32)
+        self._window = np.zeros(_CONTEXT_SAMPLES[self.model_rate_hz] + self._frame, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
 
     @property
@@ -90,24 +107,36 @@ class SileroStream:
 
     def feed(self, pcm16: bytes) -> list[float]:
         """Probabilities of the frames completed by this chunk (an odd trailing byte is ignored)."""
+        probabilities: list[float] = []
+        for window in self._windows(pcm16):
+            output, state = self._session.run(
+                None, {"input": window[np.newaxis], "state": self._state[:, np.newaxis], "sr": self._sr}
+            )
+            self._state = state[:, 0, :]
+            probabilities.append(float(output[0, 0]))
+        return probabilities
+
+    async def feed_batched(self, pcm16: bytes) -> list[float]:
+        """`feed`, with each frame run in a batch with the other streams' frames of this event loop."""
+        probabilities: list[float] = []
+        batcher = _batcher()
+        for window in self._windows(pcm16):
+            probability, self._state = await batcher.run(self.model_rate_hz, window, self._state)
+            probabilities.append(probability)
+        return probabilities
+
+    def _windows(self, pcm16: bytes) -> Iterator[npt.NDArray[np.float32]]:
+        """Each completed frame with the previous frame's tail before it, as the model was trained."""
         samples = np.frombuffer(pcm16, dtype="<i2", count=len(pcm16) // 2).astype(np.float32) / 32768.0
         if self._resampler is not None:
             samples = self._resampler.resample_chunk(samples)
         pending = np.concatenate((self._pending, samples)) if len(self._pending) else samples
-        probabilities: list[float] = []
-        start = 0
-        while start + self._frame <= len(pending):
-            probabilities.append(self._run(pending[start : start + self._frame]))
-            start += self._frame
-        self._pending = pending[start:].copy()
-        return probabilities
-
-    def _run(self, frame: npt.NDArray[np.float32]) -> float:
-        context = self._window.shape[1] - self._frame
-        # The model sees the previous frame's tail before this frame, as it was trained.
-        self._window[0, :context] = self._window[0, -context:]
-        self._window[0, context:] = frame
-        output, self._state = self._session.run(
-            None, {"input": self._window, "state": self._state, "sr": self._sr}
-        )
-        return float(output[0, 0])
+        frames = len(pending) // self._frame
+        self._pending = pending[frames * self._frame :].copy()
+        context = len(self._window) - self._frame
+        for index in range(frames):
+            window = np.empty_like(self._window)
+            window[:context] = self._window[-context:]
+            window[context:] = pending[index * self._frame : (index + 1) * self._frame]
+            self._window = window
+            yield window
