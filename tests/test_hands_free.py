@@ -9,7 +9,9 @@ import wave
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
+import soxr
 from prometheus_client import REGISTRY
 
 from audiochat.v1 import audiochat_pb2 as pb
@@ -267,3 +269,26 @@ async def test_manual_turns_refuse_server_vad_settings(service: RunningService) 
         await call.read()
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "turn_detection.threshold applies to server_vad only" in str(failure.value.details())
+
+
+@pytest.mark.parametrize("rate", [8_000, 16_000, 44_100, 48_000])
+async def test_hands_free_at_other_input_rates(
+    service: RunningService, upstream: FixtureUpstream, rate: int
+) -> None:
+    speech = np.frombuffer(utterance(FIRST), dtype="<i2").astype(np.float32)
+    resampled = soxr.resample(speech, 24_000, rate).astype("<i2").tobytes()
+    pcm = bytes(rate * 2 * 700 // 1000) + resampled + bytes(rate * 2 * 800 // 1000)
+    call = await open_hands_free(service, "fixture/audio_no_finish_reason")
+    audio_format = pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=rate)
+    step = rate * 2 * 20 // 1000
+    for offset in range(0, len(pcm), step):
+        chunk = pb.AudioChunk(data=pcm[offset : offset + step], format=audio_format)
+        await call.write(pb.ConverseRequest(audio=chunk))
+    responses = await read_until(call, "event", "completed")
+    await call.done_writing()
+    assert _kinds(responses)[:3] == ["speech_started", "speech_stopped", "started"]
+    assert abs(responses[0].speech_started.audio_start_ms - 700) <= 100
+    assert abs(responses[1].speech_stopped.audio_end_ms - (700 + ms_of(utterance(FIRST)))) <= 150
+    part = upstream.requests[0]["messages"][0]["content"][0]["input_audio"]["data"]
+    with wave.open(io.BytesIO(base64.b64decode(part))) as wav:
+        assert wav.getframerate() == rate
