@@ -16,6 +16,7 @@ import pytest
 from service.audio import wrap_pcm16_as_wav
 from tests.speech import silence, utterance
 from tests.test_web_page import (
+    ARTIFACTS,
     CHROMIUM,
     Page,
     chromium_args,
@@ -108,3 +109,5 @@ def test_talking_over_the_answer_interrupts_it(server_port: int, tmp_path: Path)
         assert page.locator(".bubble.assistant .cut").count() == 1
         follow_up = wait_played_all(page, 2, timeout_ms=30_000)
         assert follow_up["playedSamples"] == follow_up["audioSamples"] > 0
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-page-hands-free.png"))
