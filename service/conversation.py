@@ -114,10 +114,14 @@ class Conversation:
         on_heard_part: Callable[[int], None] = lambda played_ms: None,
         turn_slot: Callable[[], AbstractContextManager[None]] = nullcontext,
         on_barge_in: Callable[[], None] = lambda: None,
+        history: list[Entry] | None = None,
     ) -> None:
         self.conversation_id = f"conv_{uuid.uuid4().hex}"
         self.settings = resolve_settings(config.turn, defaults)
-        self.history: list[Entry] = history_entries(config.history, limits)
+        # `history`: config.history already validated (and its recordings decoded off the event loop).
+        self.history: list[Entry] = (
+            history if history is not None else history_entries(config.history, limits)
+        )
         self.outbox = Outbox()
         self._upstream = upstream
         self._limits = limits

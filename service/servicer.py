@@ -132,8 +132,10 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
             with self.admission.conversation(meter.conversations), self._serving(meter):
                 if first.WhichOneof("request") != "config":
                     raise WrongState("the first message of a conversation must be its config")
+                history = await history_entries_off_loop(first.config.history, self._limits)
                 conversation = Conversation(
                     first.config,
+                    history=history,
                     upstream=self._upstream,
                     defaults=self._defaults,
                     limits=self._limits,

@@ -192,3 +192,27 @@ async def test_an_interrupted_opus_answer_stays_decodable(service: RunningServic
     assert sum(delta.samples for delta in audio) <= done.audio_samples
     decoded = decode_to_24k(b"".join(delta.data for delta in audio))
     assert 0 < len(decoded) <= done.audio_samples, "what arrived plays, cut at a page boundary"
+
+
+async def test_converse_history_recordings_reach_the_model_decoded(
+    service: RunningService, upstream: FixtureUpstream
+) -> None:
+    note = encode_recording(speech(), INPUT_KINDS["ogg-vorbis-44k-stereo"])
+    config = pb.ConverseConfig(
+        turn=pb.TurnConfig(model="fixture/text_only"),
+        history=[pb.HistoryItem(user=pb.UserMessage(audio=pb.AudioInput(data=note)))],
+    )
+
+    async def requests() -> AsyncIterator[pb.ConverseRequest]:
+        yield pb.ConverseRequest(config=config)
+        yield pb.ConverseRequest(text=pb.TextInput(text="And then?"))
+
+    call = service.stub.Converse(requests())
+    async for response in call:
+        if response.HasField("event") and response.event.HasField("completed"):
+            break
+    call.cancel()
+    part = upstream.requests[-1]["messages"][0]["content"][0]
+    info = parse_wav(base64.b64decode(part["input_audio"]["data"]))
+    assert (info.sample_rate, info.channels, info.bits_per_sample) == (24_000, 1, 16)
+    assert abs(info.duration_seconds * 1000 - pcm_ms(speech())) <= ONE_FRAME_MS
