@@ -48,7 +48,7 @@ def test_a_taken_port_is_one_line_and_exit_status_2(
         variable: str(taken_port),
     }
     command = [*AUDIOCHAT, *(argument.format(port=taken_port) for argument in arguments)]
-    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60, cwd=REPO)
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"audiochat: cannot listen on 127.0.0.1:{taken_port} for ")

@@ -47,7 +47,7 @@ def test_a_server_that_needs_a_key_says_so_and_opens_the_settings(browser: Any, 
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(keyed_server)
-    page.wait_for_function("window.audiochatTest && window.audiochatTest.keyRefused", timeout=15_000)
+    page.wait_for_function("window.audiochatTest && window.audiochatTest.keyRefused", timeout=30_000)
     banner = page.locator("#error")
     assert banner.is_visible()
     assert banner.inner_text() == (
@@ -65,13 +65,13 @@ def test_a_server_that_needs_a_key_says_so_and_opens_the_settings(browser: Any, 
     # A wrong key is named as wrong; the right one connects and answers.
     page.fill("#api-key", "not-the-key")
     page.click("#settings button[type=submit]")
-    page.wait_for_function("window.audiochatTest.keyRefused", timeout=15_000)
+    page.wait_for_function("window.audiochatTest.keyRefused", timeout=30_000)
     assert banner.inner_text() == (
         "This server refused this API key. Correct it in the settings above, then press Apply and reconnect."
     )
     page.fill("#api-key", KEY)
     page.click("#settings button[type=submit]")
-    page.wait_for_function("window.audiochatTest.connected", timeout=15_000)
+    page.wait_for_function("window.audiochatTest.connected", timeout=30_000)
     assert not banner.is_visible()
     page.fill("#text", "Is a golden retriever a good family dog?")
     page.press("#text", "Enter")
@@ -89,7 +89,7 @@ def test_on_a_desktop_the_page_keeps_a_readable_width_and_styled_buttons(
 ) -> None:
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     page.goto(keyed_server)
-    page.wait_for_function("window.audiochatTest && window.audiochatTest.keyRefused", timeout=15_000)
+    page.wait_for_function("window.audiochatTest && window.audiochatTest.keyRefused", timeout=30_000)
     composer = page.locator("footer.composer").bounding_box()
     text_input = page.locator("#text").bounding_box()
     talk = page.locator("#talk").bounding_box()
