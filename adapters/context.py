@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 from adapters.auth import ApiKeys, Origins
 from adapters.resume import ResumeStore
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
+from service import metrics
 from service.api_keys import bearer_metadata
 from service.observe import TRANSPORT_METADATA_KEY
 from service.settings import Settings
@@ -59,11 +60,13 @@ class EdgeContext:
     def stream(self) -> Iterator[None]:
         """Count a running stream, so a drain can wait for the last one."""
         self.active_streams += 1
+        metrics.EDGE_ACTIVE_STREAMS.inc()
         self.idle.clear()
         try:
             yield
         finally:
             self.active_streams -= 1
+            metrics.EDGE_ACTIVE_STREAMS.dec()
             if self.active_streams == 0:
                 self.idle.set()
 

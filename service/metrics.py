@@ -116,10 +116,17 @@ SPEECH_TO_FIRST_AUDIO = Histogram(
     " (includes silence_duration_ms).",
     buckets=LATENCY_BUCKETS,
 )
+# The edge's own load (what its HPA scales on); the core's audiochat_active_streams counts its calls.
+EDGE_ACTIVE_STREAMS = Gauge(
+    "audiochat_edge_active_streams",
+    "Streams this edge relays now: SSE turns, WebSocket conversations, OpenAI-compatible calls.",
+    registry=EDGE_REGISTRY,
+)
 BUILD_INFO = Info("audiochat_build", "Version of the running gateway.")
 for _collector in (
     EDGE_RELAY_ADDED,
     RESUMES,
+    EDGE_ACTIVE_STREAMS,
     PROCESS_COLLECTOR,
     PLATFORM_COLLECTOR,
     GC_COLLECTOR,

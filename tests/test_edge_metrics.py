@@ -3,6 +3,7 @@ each family in exactly one of them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -87,6 +88,7 @@ async def test_a_turn_through_each_edge_transport_is_counted(
     # The edge's own hop, per event it wrote (26 audio pieces and 9 transcript pieces in this capture).
     assert delta(before, after, "audiochat_edge_relay_added_seconds_count", transport=transport) >= 26
     assert after[("audiochat_active_streams", (("transport", transport),))] == 0
+    assert after[("audiochat_edge_active_streams", ())] == 0, "the edge's own count is back to zero"
 
 
 async def test_sse_resumes_are_counted_by_result(edge: RunningEdge) -> None:
@@ -103,3 +105,17 @@ async def test_sse_resumes_are_counted_by_result(edge: RunningEdge) -> None:
     after = await scrape(edge)
     assert delta(before, after, "audiochat_resumes_total", result="resumed") == 1
     assert delta(before, after, "audiochat_resumes_total", result="not_found") == 1
+
+
+async def test_the_edge_counts_the_streams_it_relays_while_they_are_open(edge: RunningEdge) -> None:
+    before = await scrape(edge)
+    async with connect(edge.ws_url, subprotocols=["audiochat.v1"], compression=None) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "config", "model": "fixture/audio_no_finish_reason"}))
+        assert json.loads(await ws.recv())["type"] == "conversation.started"
+        during = await scrape(edge)
+    assert delta(before, during, "audiochat_edge_active_streams") == 1
+    for _ in range(100):  # the session ends just after the close handshake
+        if delta(before, await scrape(edge), "audiochat_edge_active_streams") == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert delta(before, await scrape(edge), "audiochat_edge_active_streams") == 0

@@ -554,7 +554,9 @@ def test_hpa_scales_on_cpu_and_active_streams(render: Callable[[dict[str, Any]],
     assert [metric["type"] for metric in metrics["core"]] == ["Resource", "Pods"]
     assert metrics["core"][1]["pods"]["metric"]["name"] == "audiochat_active_streams"
     assert metrics["core"][1]["pods"]["target"]["averageValue"] == "150"
-    assert [metric["type"] for metric in metrics["edge"]] == ["Resource"]
+    # An edge pod exports its own gauge, not the core's.
+    assert [metric["type"] for metric in metrics["edge"]] == ["Resource", "Pods"]
+    assert metrics["edge"][1]["pods"]["metric"]["name"] == "audiochat_edge_active_streams"
 
 
 def test_network_policy_admits_only_the_edge_tests_and_listed_namespaces(

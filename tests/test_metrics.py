@@ -182,7 +182,9 @@ def test_an_edge_only_process_exports_the_edge_and_the_process_families_and_no_c
         "python_info",
         "audiochat_build_info",
     } <= families
+    assert "audiochat_edge_active_streams" in families
     assert not {name for name in families if name.startswith("audiochat_")} - {
+        "audiochat_edge_active_streams",
         "audiochat_edge_relay_added_seconds",
         "audiochat_resumes",
         "audiochat_build_info",
