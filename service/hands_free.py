@@ -36,14 +36,21 @@ def vad_settings(detection: pb.TurnDetection) -> VadSettings | None:
             "echo_guard_ms",
         ):
             if detection.HasField(field):
-                raise InvalidInput(f"turn_detection.{field} applies to server_vad only")
+                raise InvalidInput(
+                    f"turn_detection.{field} applies to server_vad only", f"config.turn_detection.{field}"
+                )
         return None
     if detection.type != pb.TURN_DETECTION_TYPE_SERVER_VAD:
-        raise InvalidInput(f"unknown turn_detection.type {detection.type}; use manual or server_vad")
+        raise InvalidInput(
+            f"unknown turn_detection.type {detection.type}; use manual or server_vad",
+            "config.turn_detection.type",
+        )
     defaults = VadSettings()
     threshold = detection.threshold if detection.HasField("threshold") else defaults.threshold
     if not (0.0 < threshold < 1.0 and math.isfinite(threshold)):
-        raise InvalidInput("turn_detection.threshold must be between 0 and 1 (exclusive)")
+        raise InvalidInput(
+            "turn_detection.threshold must be between 0 and 1 (exclusive)", "config.turn_detection.threshold"
+        )
     return VadSettings(
         threshold=threshold,
         prefix_padding_ms=_ms(detection, "prefix_padding_ms", defaults.prefix_padding_ms, 0, MAX_SETTING_MS),
@@ -65,7 +72,9 @@ def _ms(detection: pb.TurnDetection, field: _MsField, default: int, low: int, hi
         return default
     value = int(getattr(detection, field))
     if not low <= value <= high:
-        raise InvalidInput(f"turn_detection.{field} must be between {low} and {high} ms")
+        raise InvalidInput(
+            f"turn_detection.{field} must be between {low} and {high} ms", f"config.turn_detection.{field}"
+        )
     return value
 
 
@@ -84,21 +93,27 @@ class HandsFree:
             if self.format is None:
                 await self._open(chunk.format)
             elif chunk.format != self.format:
-                raise InvalidInput("server_vad needs one audio format for the whole conversation")
+                raise InvalidInput(
+                    "server_vad needs one audio format for the whole conversation", "audio.format"
+                )
         if self._listener is None:
-            raise InvalidInput("the first audio chunk of a conversation needs its format")
+            raise InvalidInput("the first audio chunk of a conversation needs its format", "audio.format")
         return await self._listener.feed(chunk.data)
 
     async def _open(self, audio_format: pb.AudioFormat) -> None:
         rate = audio_format.sample_rate_hz
         if audio_format.encoding != pb.AUDIO_ENCODING_PCM16:
-            raise InvalidInput("server_vad needs pcm16 audio chunks (format.encoding)")
+            raise InvalidInput(
+                "server_vad needs pcm16 audio chunks (format.encoding)", "audio.format.encoding"
+            )
         if not MIN_PCM_SAMPLE_RATE_HZ <= rate <= MAX_PCM_SAMPLE_RATE_HZ:
             raise InvalidInput(
-                f"format.sample_rate_hz must be between {MIN_PCM_SAMPLE_RATE_HZ} and {MAX_PCM_SAMPLE_RATE_HZ}"
+                f"format.sample_rate_hz must be between {MIN_PCM_SAMPLE_RATE_HZ}"
+                f" and {MAX_PCM_SAMPLE_RATE_HZ}",
+                "audio.format.sample_rate_hz",
             )
         if audio_format.channels not in (0, 1):
-            raise InvalidInput("pcm16 audio must be mono")
+            raise InvalidInput("pcm16 audio must be mono", "audio.format.channels")
         # The model loads once per process (about 0.1 s): off the event loop, so other streams go on.
         await asyncio.to_thread(silero.load)
         limit = min(self._limits.max_turn_audio_bytes, int(self._limits.max_turn_audio_seconds * rate) * 2)

@@ -12,6 +12,8 @@ import grpc
 import numpy as np
 import pytest
 import soxr
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
 from audiochat.v1 import audiochat_pb2 as pb
@@ -237,17 +239,31 @@ async def test_commit_by_hand_ends_the_speech_under_way(
 
 
 @pytest.mark.parametrize(
-    ("detection", "audio_format", "message"),
+    ("detection", "audio_format", "message", "field"),
     [
-        ({"threshold": 1.5}, None, "turn_detection.threshold"),
-        ({"silence_duration_ms": 50}, None, "turn_detection.silence_duration_ms"),
-        ({"prefix_padding_ms": 60_000}, None, "turn_detection.prefix_padding_ms"),
-        ({}, pb.AudioFormat(encoding=pb.AUDIO_ENCODING_WAV), "pcm16"),
-        ({}, pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=4000), "sample_rate_hz"),
+        ({"threshold": 1.5}, None, "turn_detection.threshold", "config.turn_detection.threshold"),
+        (
+            {"silence_duration_ms": 50},
+            None,
+            "silence_duration_ms",
+            "config.turn_detection.silence_duration_ms",
+        ),
+        ({"prefix_padding_ms": 60_000}, None, "prefix_padding_ms", "config.turn_detection.prefix_padding_ms"),
+        ({}, pb.AudioFormat(encoding=pb.AUDIO_ENCODING_WAV), "pcm16", "audio.format.encoding"),
+        (
+            {},
+            pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=4000),
+            "sample_rate_hz",
+            "audio.format.sample_rate_hz",
+        ),
     ],
 )
 async def test_bad_turn_detection_is_refused_by_name(
-    service: RunningService, detection: dict[str, Any], audio_format: pb.AudioFormat | None, message: str
+    service: RunningService,
+    detection: dict[str, Any],
+    audio_format: pb.AudioFormat | None,
+    message: str,
+    field: str,
 ) -> None:
     call = service.stub.Converse()
     await call.write(server_vad("fixture/audio_no_finish_reason", **detection))
@@ -258,6 +274,16 @@ async def test_bad_turn_detection_is_refused_by_name(
         await _read_all(call)
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in str(failure.value.details())
+    assert field in _bad_request_fields(failure.value)
+
+
+def _bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
+    """The fields named by the status's google.rpc.BadRequest detail."""
+    status = rpc_status.from_call(error)
+    assert status is not None
+    bad = error_details_pb2.BadRequest()
+    next(d for d in status.details if d.Is(bad.DESCRIPTOR)).Unpack(bad)
+    return [violation.field for violation in bad.field_violations]
 
 
 async def test_manual_turns_refuse_server_vad_settings(service: RunningService) -> None:
@@ -269,6 +295,7 @@ async def test_manual_turns_refuse_server_vad_settings(service: RunningService) 
         await call.read()
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "turn_detection.threshold applies to server_vad only" in str(failure.value.details())
+    assert _bad_request_fields(failure.value) == ["config.turn_detection.threshold"]
 
 
 @pytest.mark.parametrize("rate", [8_000, 16_000, 44_100, 48_000])
