@@ -17,10 +17,18 @@ from service import client
 from service.audio import parse_wav
 from tests.processes import AUDIOCHAT, REPO, ServeProcess, audiochat_serve, offline_environment
 
+# A client process: interpreter start-up alone takes tens of seconds on a loaded 2-core machine.
+CLIENT_SECONDS = 120
+
 
 def run_client(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*AUDIOCHAT, *args], env=offline_environment(), capture_output=True, text=True, timeout=60, cwd=REPO
+        [*AUDIOCHAT, *args],
+        env=offline_environment(),
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_SECONDS,
+        cwd=REPO,
     )
 
 
@@ -140,7 +148,7 @@ def test_version_and_settings_errors_name_what_to_change() -> None:
             env={**offline_environment(), **environment},
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=CLIENT_SECONDS,
             cwd=REPO,
         )
         assert result.returncode == 1

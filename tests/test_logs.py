@@ -25,7 +25,7 @@ def test_a_refused_turn_is_a_warning_with_the_reason_and_the_upstream_request_id
             target,
         ]
         said = subprocess.run(
-            command, env=offline_environment(), capture_output=True, text=True, timeout=60, cwd=REPO
+            command, env=offline_environment(), capture_output=True, text=True, timeout=120, cwd=REPO
         )
         assert said.returncode == 1
         failed = serve.wait_for("turn error")
