@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from adapters.compat_request import CompatError, CompatRequest, parse
-from adapters.context import edge_of, transport_metadata
+from adapters.context import EdgeContext, cancelled_on_cut, cut_by_the_edge, edge_of, transport_metadata
 from adapters.event_json import reason_name
 from adapters.http_body import BodyError, read_json
 from adapters.sse import HEARTBEAT, MEDIA_TYPE, SSE_HEADERS
@@ -95,9 +95,9 @@ async def chat_completions(request: Request) -> Response:
         model=first.started.model or parsed.model,
     )
     if parsed.stream:
-        chunks = _stream(call, parsed, ident, edge.stream, edge.settings.heartbeat_seconds)
+        chunks = _stream(call, parsed, ident, edge)
         return ClosingStreamingResponse(chunks, media_type=MEDIA_TYPE, headers=SSE_HEADERS)
-    with edge.stream():
+    with edge.stream(), cancelled_on_cut(edge, call):
         return await _whole_unless_gone(request, call, parsed, ident)
 
 
@@ -166,16 +166,16 @@ def _audio_chunk_parts(ident: wire.StreamIdentity) -> tuple[bytes, bytes]:
 
 
 async def _stream(
-    call: Any, parsed: CompatRequest, ident: wire.StreamIdentity, counted: Any, heartbeat_seconds: float
+    call: Any, parsed: CompatRequest, ident: wire.StreamIdentity, edge: EdgeContext
 ) -> AsyncIterator[bytes]:
     head, tail = _audio_chunk_parts(ident)
     relay = metrics.edge_relay("openai")
     usage: pb.Usage | None = None
-    with counted():
+    with edge.stream(), cancelled_on_cut(edge, call):
         try:
             first = wire.role_chunk(ident) if parsed.wants_audio else wire.text_role_chunk(ident)
             yield wire.sse_event(first)
-            async with aclosing(read_with_heartbeats(call, heartbeat_seconds)) as events:
+            async with aclosing(read_with_heartbeats(call, edge.settings.heartbeat_seconds)) as events:
                 async for event in events:
                     if event is None:
                         yield HEARTBEAT
@@ -205,7 +205,13 @@ async def _stream(
                             return  # like the upstream: an error frame, then the stream ends without [DONE]
             yield wire.SSE_DONE
         except grpc.aio.AioRpcError as exc:
-            yield wire.sse_event(from_rpc_error(exc).openai_body())
+            yield _error_chunk(from_rpc_error(exc))
+            yield wire.SSE_DONE
+        except asyncio.CancelledError:
+            if not cut_by_the_edge(call):
+                raise  # the client went away: nobody to tell
+            yield _error_chunk(shutting_down())
+            yield wire.SSE_DONE
         finally:
             call.cancel()  # a client that went away ends the turn upstream at once
 
@@ -216,6 +222,11 @@ def _tool_call_piece(delta: pb.ToolCallDelta) -> wire.Json:
         return {"index": delta.index, "function": {"arguments": delta.arguments}}
     function = {"name": delta.name, "arguments": delta.arguments}
     return {"index": delta.index, "id": delta.id, "type": "function", "function": function}
+
+
+def _error_chunk(error: EdgeError) -> bytes:
+    """An error chunk in OpenAI's shape, for a call that failed after the stream started."""
+    return wire.sse_event(error.openai_body())
 
 
 def _ending(
@@ -256,6 +267,10 @@ async def _whole(call: Any, parsed: CompatRequest, ident: wire.StreamIdentity) -
                 done = event.completed
     except grpc.aio.AioRpcError as exc:
         return error_response(from_rpc_error(exc))
+    except asyncio.CancelledError:
+        if not cut_by_the_edge(call):
+            raise
+        return error_response(shutting_down())
     finally:
         call.cancel()
     if done is None:

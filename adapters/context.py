@@ -41,6 +41,9 @@ class EdgeContext:
     stub: Any = None  # AudioChatServiceStub (typed only in the .pyi)
     health: Any = None  # HealthStub
     drain: asyncio.Event = field(default_factory=asyncio.Event)  # set once the edge stops taking work
+    cut: asyncio.Event = field(default_factory=asyncio.Event)  # set when the drain grace is over
+    # Calls to the core that a cut cancels (each reader then ends its stream saying why).
+    calls: set[Any] = field(default_factory=set)
     active_streams: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     # Turns read into a resume buffer outlive their HTTP response; kept here to end them at shutdown.
@@ -69,6 +72,22 @@ class EdgeContext:
             metrics.EDGE_ACTIVE_STREAMS.dec()
             if self.active_streams == 0:
                 self.idle.set()
+
+
+@contextmanager
+def cancelled_on_cut(edge: EdgeContext, call: Any) -> Iterator[None]:
+    """Register `call` so that the end of the drain grace cancels it."""
+    edge.calls.add(call)
+    try:
+        yield
+    finally:
+        edge.calls.discard(call)
+
+
+def cut_by_the_edge(call: Any) -> bool:
+    """Whether a CancelledError came from `call` being cancelled by a cut, not from this task's own."""
+    task = asyncio.current_task()
+    return bool(call.cancelled()) and task is not None and not task.cancelling()
 
 
 def edge_of(connection: HTTPConnection) -> EdgeContext:

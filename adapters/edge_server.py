@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from types import TracebackType
 
@@ -15,6 +16,7 @@ from adapters.resume import ResumeStore
 from service import keepalive
 from service.embedded_http import EmbeddedHTTPServer
 from service.listen import listen_error, reason
+from service.server import CUT_SECONDS
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,19 +81,33 @@ class EdgeServer:
             return "edge not started"
         return await core_problem(self.context)
 
-    async def stop(self) -> None:
-        """Refuse new work, let running streams end within the drain grace, then close everything."""
+    async def stop(self, deadline: float | None = None) -> None:
+        """Refuse new work, let running streams end until `deadline` (loop time; default: the drain grace
+        from now), then end the rest, each told why in its protocol, and close everything."""
         context, http = self.context, self._http
         if context is None or http is None:
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_seconds if deadline is None else deadline
         context.drain.set()
         pumps = set(context.pumps)
         try:
-            async with asyncio.timeout(self.settings.drain_seconds):
+            async with asyncio.timeout_at(deadline):
                 await context.idle.wait()
                 await asyncio.gather(*pumps, return_exceptions=True)
         except TimeoutError:
-            log.warning("drain grace over: ending the remaining streams")
+            log.warning(
+                "drain grace over: ending the remaining streams", extra={"streams": context.active_streams}
+            )
+            # SSE gets an error event (its pump appends it), compat an error chunk and [DONE], WebSocket 1012.
+            context.cut.set()
+            for call in list(context.calls):
+                call.cancel()
+            for pump in list(context.pumps):
+                pump.cancel()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CUT_SECONDS):
+                    await context.idle.wait()
         for pump in list(context.pumps):
             pump.cancel()
         await asyncio.gather(*context.pumps, return_exceptions=True)

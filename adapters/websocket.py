@@ -143,9 +143,15 @@ class Session:
         return token if self._edge.keys.accepts(token) else None
 
     async def _drained(self) -> EdgeError:
-        """Once the edge drains, wait for the running answer to end, then ask the client to reconnect."""
+        """Once the edge drains, wait for the running answer to end (or the grace), then ask the client
+        to reconnect elsewhere."""
         await self._edge.drain.wait()
-        await self._turn_ended.wait()
+        waits = {asyncio.ensure_future(self._turn_ended.wait()), asyncio.ensure_future(self._edge.cut.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
         return shutting_down()
 
     async def _client_to_core(self, requests: asyncio.Queue[pb.ConverseRequest | None]) -> EdgeError | bool:

@@ -89,7 +89,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         server = AudioChatServer(settings, upstream)
         await server.start()
         started.push_async_callback(server.stop)
-        # Role all: the edge reaches the core over loopback, and stops (drains) before it.
+        # Role all: the edge reaches the core over loopback; both drain together on SIGTERM.
         local_edge = EdgeServer(settings, f"127.0.0.1:{server.port}") if settings.role == "all" else None
         if local_edge is not None:
             await local_edge.start()
@@ -105,3 +105,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             },
         )
         await stop.wait()
+        # One grace for the whole process: the core refuses new calls at once, beside the edge's drain.
+        # (The exit stack's stops then find both already stopped.)
+        deadline = asyncio.get_running_loop().time() + settings.drain_seconds
+        stopping = [server.stop(deadline)]
+        if local_edge is not None:
+            stopping.append(local_edge.stop(deadline))
+        await asyncio.gather(*stopping)

@@ -21,6 +21,7 @@ from service.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
+CUT_SECONDS = 1.0  # after the grace, how long cut calls get to send their status before gRPC cancels them
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AudioChatService"].full_name
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -66,6 +67,7 @@ class AudioChatServer:
             (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self.port = 0
+        self._stopped = False
 
     async def start(self) -> int:
         """Bind and start serving; return the bound port (useful when the setting is 0)."""
@@ -84,14 +86,33 @@ class AudioChatServer:
         log.info("gRPC service listening", extra={"port": self.port, "service": SERVICE_NAME})
         return self.port
 
-    async def stop(self) -> None:
-        """Drain: NOT_SERVING, refuse new calls, let running turns finish within the grace, then cancel."""
+    async def stop(self, deadline: float | None = None) -> None:
+        """Drain until `deadline` (loop time; default: the drain grace from now), then cut what remains.
+
+        At once: NOT_SERVING and new calls refused UNAVAILABLE. Running turns may finish until the deadline;
+        idle conversations are ended UNAVAILABLE so their clients reconnect elsewhere. Calls still running
+        at the deadline end UNAVAILABLE ("drain grace is over").
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_seconds if deadline is None else deadline
+        self.servicer.admission.draining = True
         await self.health.enter_graceful_shutdown()
-        log.info("draining", extra={"grace_seconds": self.settings.drain_seconds})
+        log.info("draining", extra={"grace_seconds": round(max(0.0, deadline - loop.time()), 3)})
         drain = asyncio.create_task(self.servicer.drain())
-        await self._server.stop(grace=self.settings.drain_seconds)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.servicer.idle.wait()
+        except TimeoutError:
+            log.warning(
+                "drain grace over: ending calls UNAVAILABLE", extra={"calls": self.servicer.active_streams}
+            )
+            await self.servicer.cut(CUT_SECONDS)
         drain.cancel()
         await asyncio.wait([drain])
+        await self._server.stop(grace=CUT_SECONDS)
         log.info("stopped")
 
     async def wait_for_termination(self) -> None:

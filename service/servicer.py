@@ -27,6 +27,7 @@ from service.turn_input import (
 from service.upstream import Upstream
 
 ServicerContext = grpc.aio.ServicerContext[object, object]
+GRACE_OVER = "the server is shutting down and its drain grace is over; retry on another instance"
 
 
 def transport_of(context: ServicerContext) -> str:
@@ -55,6 +56,10 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         self.admission = Admission(max_turns=max_streams, max_conversations=max_conversations)
         self._active = 0
         self._conversations: set[Conversation] = set()
+        self._calls: set[asyncio.Task[object]] = set()  # the handler tasks of the calls being served
+        self.idle = asyncio.Event()  # set while no call is being served
+        self.idle.set()
+        self._cutting = False
 
     @property
     def draining(self) -> bool:
@@ -73,13 +78,20 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
 
     @contextmanager
     def _serving(self, meter: metrics.TransportMetrics) -> Iterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls.add(task)
         self._active += 1
+        self.idle.clear()
         meter.active.inc()
         try:
             yield
         finally:
+            self._calls.discard(task)
             self._active -= 1
             meter.active.dec()
+            if not self._active:
+                self.idle.set()
 
     async def StreamTurn(
         self, request: pb.StreamTurnRequest, context: ServicerContext
@@ -111,7 +123,10 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                     raise
                 finally:
                     observe.turn_finished(turn, transport, time.perf_counter())
-        except (grpc.aio.AbortError, asyncio.CancelledError):
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            await self._cut_short(context)
             raise
         except Exception as exc:
             await abort(context, exc)
@@ -149,7 +164,10 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                     await self._converse(conversation, request_iterator, context, meter)
                 finally:
                     self._conversations.discard(conversation)
-        except (grpc.aio.AbortError, asyncio.CancelledError):
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            await self._cut_short(context)
             raise
         except (Overloaded, ShuttingDown) as exc:
             await let_client_finish_writing(request_iterator)
@@ -201,6 +219,20 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         """Stop taking calls; let each conversation finish its answer, then end it with UNAVAILABLE."""
         self.admission.draining = True
         await asyncio.gather(*(conversation.drain() for conversation in list(self._conversations)))
+
+    async def cut(self, wait_seconds: float) -> None:
+        """The drain grace is over: end every call still served with UNAVAILABLE, within `wait_seconds`."""
+        self._cutting = True
+        calls = list(self._calls)
+        for task in calls:
+            task.cancel()
+        if calls:
+            await asyncio.wait(calls, timeout=wait_seconds)
+
+    async def _cut_short(self, context: ServicerContext) -> None:
+        """A call cancelled by `cut` (not by its client) ends UNAVAILABLE, so its client knows why."""
+        if self._cutting:
+            await abort(context, ShuttingDown(GRACE_OVER))
 
 
 async def _read_requests(requests: AsyncIterator[pb.ConverseRequest], conversation: Conversation) -> None:
