@@ -78,6 +78,7 @@ class Bench:
                     think_seconds=think,
                     gateway_pid=served.pid,
                     load_pids=(self.sim_pid,),
+                    metrics_url=served.metrics_url,
                 )
 
             result = loop.run(measure())

@@ -18,10 +18,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from benchmarks import gc_pauses
 from benchmarks.pieces import Pacing, PieceChecker, filler
 from benchmarks.processes import Usage, sample
 
@@ -167,6 +168,7 @@ class RunResult:
     gateway_rss_during: int | None = None
     load_cpu_fraction: float | None = None  # client and simulator together, in cores
     client_cpu_fraction: float | None = None  # this process alone, share of one core
+    gc_pauses: dict[str, Any] | None = None  # per generation, from the gateway's own metrics
 
 
 def think_time(rng: random.Random, mean_seconds: float) -> float:
@@ -218,11 +220,13 @@ async def run_load(
     think_seconds: float = 0.0,
     gateway_pid: int | None = None,
     load_pids: tuple[int, ...] = (),
+    metrics_url: str = "",
 ) -> RunResult:
     """Run `streams` users over `transport`; sample the gateway's and load side's /proc around the window.
 
     `gateway_pid` is the process whose CPU is charged to the row (the gateway, the relay, LiteLLM);
-    `load_pids` are the other load-side processes (the simulator), counted with this one.
+    `load_pids` are the other load-side processes (the simulator), counted with this one. With
+    `metrics_url` (a gateway's /metrics), its garbage-collection pauses inside the window are recorded.
     """
     recorder = Recorder(pacing)
     rng = random.Random(SEED)
@@ -242,9 +246,11 @@ async def run_load(
         await asyncio.sleep(max(0.0, (recorder.window_start_ns - time.time_ns()) / 1e9))
         gateway_start = sample(gateway_pid) if gateway_pid else None
         load_start = own()
+        gc_start = await asyncio.to_thread(gc_pauses.snapshot, metrics_url) if metrics_url else None
         await asyncio.sleep(max(0.0, (recorder.window_end_ns - time.time_ns()) / 1e9))
         gateway_end = sample(gateway_pid) if gateway_pid else None
         load_end = own()
+        gc_end = await asyncio.to_thread(gc_pauses.snapshot, metrics_url) if metrics_url else None
     finally:
         for user in users:
             user.cancel()
@@ -275,4 +281,7 @@ async def run_load(
         gateway_rss_during=gateway_end.rss_bytes if gateway_end else None,
         load_cpu_fraction=load_cpu / window_seconds,
         client_cpu_fraction=(load_end[0].cpu_seconds - load_start[0].cpu_seconds) / window_seconds,
+        gc_pauses=gc_pauses.between(gc_start, gc_end)
+        if gc_start is not None and gc_end is not None
+        else None,
     )

@@ -83,6 +83,8 @@ class Row:
             "load_side_cpu_fraction": run.load_cpu_fraction,
             "client_cpu_fraction": run.client_cpu_fraction,
             "load_saturated": load_saturation(run),
+            "gc_pauses": run.gc_pauses,
+            "gc_total_ms": sum(g["total_ms"] for g in run.gc_pauses.values()) if run.gc_pauses else None,
         }
         if run.gateway_cpu_seconds is not None:
             out["gateway_cpu_seconds"] = run.gateway_cpu_seconds
@@ -159,6 +161,9 @@ AGGREGATED = {
     "mean_active_streams": ("mean_active_streams",),
     "events_per_second": ("events_per_second",),
     "rss_kib_per_stream": ("gateway_rss_kib_per_stream",),
+    "gc_full_collections": ("gc_pauses", "2", "collections"),
+    "gc_full_longest_ms": ("gc_pauses", "2", "longest_ms_at_most"),
+    "gc_total_ms": ("gc_total_ms",),
 }
 
 
@@ -212,8 +217,9 @@ def _spread_text(values: dict[str, Any], digits: int = 0, percent: bool = False)
 
 HEADER = (
     "| row | streams (think s) | active streams | CPU µs per event | ÷ relay | server core "
-    "| added p50 / p99 / max ms | end-to-end p99 ms | client core | errors | lost/reordered |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| added p50 / p99 / max ms | end-to-end p99 ms | client core | GC: full n, longest, all ms "
+    "| errors | lost/reordered |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -238,10 +244,20 @@ def table_row(row: dict[str, Any], relay: dict[str, Any] | None) -> str:
         added,
         _spread_text(row["end_to_end_p99_ms"], 1),
         _spread_text(row["client_core"], percent=True),
+        _gc_text(row),
         str(row["errors"]),
         str(row["lost_or_reordered"]),
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _gc_text(row: dict[str, Any]) -> str:
+    full, longest, total = (
+        row[field]["median"] for field in ("gc_full_collections", "gc_full_longest_ms", "gc_total_ms")
+    )
+    if total is None:
+        return "n/a"
+    return f"{full or 0:.0f}, {'n/a' if longest is None else f'<= {longest:g}'}, {total:.0f}"
 
 
 def headline(rows: list[dict[str, Any]]) -> list[str]:

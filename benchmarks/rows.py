@@ -36,6 +36,7 @@ class Served:
     http_url: str = ""  # base URL of its HTTP side, without a trailing slash
     grpc_target: str = ""
     api_key: str = "sk-bench"
+    metrics_url: str = ""  # the gateway's /metrics, for its garbage-collection pauses
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ def serve(row: Row, setup: Setup) -> Iterator[Served]:
         gateway = processes.start_gateway(setup.sim_port, setup.placement, setup.edge, setup.gateway_repo)
         try:
             http = f"http://127.0.0.1:{gateway.http_port}" if gateway.http_port else ""
-            yield Served(gateway.pid, http, f"127.0.0.1:{gateway.grpc_port}")
+            metrics = f"http://127.0.0.1:{gateway.metrics_port}/metrics"
+            yield Served(gateway.pid, http, f"127.0.0.1:{gateway.grpc_port}", metrics_url=metrics)
         finally:
             gateway.child.stop()
         return

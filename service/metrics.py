@@ -7,7 +7,9 @@ path is one clock read and one histogram observation.
 
 from __future__ import annotations
 
+import gc
 import platform
+import time
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -123,6 +125,12 @@ EDGE_ACTIVE_STREAMS = Gauge(
     registry=EDGE_REGISTRY,
 )
 BUILD_INFO = Info("audiochat_build", "Version of the running gateway.")
+GC_PAUSE = Histogram(
+    "audiochat_gc_pause_seconds",
+    "CPU time of each garbage collection, by generation (2: full); every stream waits for it.",
+    ["generation"],
+    buckets=RELAY_BUCKETS,
+)
 for _collector in (
     EDGE_RELAY_ADDED,
     RESUMES,
@@ -130,6 +138,7 @@ for _collector in (
     PROCESS_COLLECTOR,
     PLATFORM_COLLECTOR,
     GC_COLLECTOR,
+    GC_PAUSE,
     BUILD_INFO,
 ):
     EDGE_PROCESS_REGISTRY.register(_collector)
@@ -220,6 +229,30 @@ def record_turn(transport: str, outcome: str, duration_seconds: float, error_cod
         for_transport(transport).interruptions.inc()
     if error_code is not None:
         UPSTREAM_ERRORS.labels(error_code).inc()
+
+
+class _GCWatch:
+    """Times each collection through gc.callbacks: two calls per collection, nothing per event.
+
+    In CPU time of the collecting thread: the pause itself, without the time a busy machine schedules
+    other work in between (which is not the collector's and would swamp it).
+    """
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self._pause = [GC_PAUSE.labels(str(generation)) for generation in range(3)]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self._pause[info["generation"]].observe(time.thread_time() - self._started)
+
+
+def watch_gc() -> None:
+    """Record every garbage collection's pause in `audiochat_gc_pause_seconds` (once per process)."""
+    if not any(isinstance(callback, _GCWatch) for callback in gc.callbacks):
+        gc.callbacks.append(_GCWatch())
 
 
 def asgi_app() -> Any:

@@ -64,6 +64,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     # A taken port is reported before anything starts (ListenError: one line, exit status 2).
     probe_all(settings)
     stop = stop or asyncio.Event()
+    metrics.watch_gc()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

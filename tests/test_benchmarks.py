@@ -103,7 +103,7 @@ def test_capacity_search_stops_where_the_load_side_cannot_judge() -> None:
     assert "load side saturated at 400" in found.stopped
 
 
-async def _measure(transport: Transport, pid: int | None, think: float = 0.0) -> dict[str, Any]:
+async def _measure(served: rows.Served, transport: Transport, think: float = 0.0) -> dict[str, Any]:
     result = await run_load(
         transport,
         STREAMS,
@@ -111,7 +111,8 @@ async def _measure(transport: Transport, pid: int | None, think: float = 0.0) ->
         ramp_seconds=0.3,
         window_seconds=1.5,
         think_seconds=think,
-        gateway_pid=pid,
+        gateway_pid=served.pid,
+        metrics_url=served.metrics_url,
     )
     return report.Row(result, None).summary()
 
@@ -129,8 +130,9 @@ async def test_every_row_relays_every_piece_in_order() -> None:
             for key, row in rows.ROWS.items():
                 if row.server in served:
                     target = served[row.server]
-                    summaries[key] = await _measure(row.client(target, STREAMS), target.pid)
-            paused = await _measure(rows.ROWS["grpc"].client(served["gateway"], STREAMS), None, think=1.0)
+                    summaries[key] = await _measure(target, row.client(target, STREAMS))
+            gateway = served["gateway"]
+            paused = await _measure(gateway, rows.ROWS["grpc"].client(gateway, STREAMS), think=1.0)
             await asyncio.to_thread(stack.close)
     assert set(summaries) == {"direct", "relay", "grpc", "converse", "sse", "websocket", "compat"}
     for key, summary in summaries.items():
@@ -140,6 +142,11 @@ async def test_every_row_relays_every_piece_in_order() -> None:
         if key != "direct":
             cpu = summary["gateway_cpu_us_per_event"]
             assert isinstance(cpu, float) and cpu > 0, key
+        if rows.ROWS[key].server == "gateway":  # read from the gateway's own metrics over the window
+            assert set(summary["gc_pauses"]) == {"0", "1", "2"}, key
+            assert summary["gc_total_ms"] >= 0, key
+        else:
+            assert summary["gc_pauses"] is None, key
     # Back to back, every user is in a turn nearly all the time; with think time, far less.
     busy = summaries["grpc"]["mean_active_streams"]
     idle = paused["mean_active_streams"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -181,6 +182,7 @@ def test_an_edge_only_process_exports_the_edge_and_the_process_families_and_no_c
         "audiochat_resumes",
         "python_info",
         "audiochat_build_info",
+        "audiochat_gc_pause_seconds",
     } <= families
     assert "audiochat_edge_active_streams" in families
     assert not {name for name in families if name.startswith("audiochat_")} - {
@@ -188,7 +190,21 @@ def test_an_edge_only_process_exports_the_edge_and_the_process_families_and_no_c
         "audiochat_edge_relay_added_seconds",
         "audiochat_resumes",
         "audiochat_build_info",
+        "audiochat_gc_pause_seconds",
     }, "core families would read as zeros"
     # The core's own transport never passes through an edge, so it has no edge series.
     assert 'transport="grpc"' not in with_process.decode()
     assert "_created" not in with_process.decode()
+
+
+async def test_every_collection_is_timed_by_generation(scrape: Scrape) -> None:
+    metrics.watch_gc()
+    metrics.watch_gc()  # a second call must not time collections twice
+    before = await scrape()
+    gc.collect(0)
+    gc.collect(2)
+    gc.collect(2)
+    after = await scrape()
+    assert delta(before, after, "audiochat_gc_pause_seconds_count", generation="2") == 2
+    assert delta(before, after, "audiochat_gc_pause_seconds_count", generation="0") >= 1
+    assert delta(before, after, "audiochat_gc_pause_seconds_sum", generation="2") > 0
