@@ -79,8 +79,8 @@ $(PEERS)/.installed:
 	touch $@
 
 bench-peers: $(VENV)/.installed-dev $(PEERS)/.installed
-	$(BIN)/python -m benchmarks --litellm $(PEERS)/bin/litellm --rows direct,relay,grpc,compat \
-		--capacity litellm,grpc --output build/bench-peers $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks --litellm $(PEERS)/bin/litellm --capacity grpc,litellm \
+		--output build/bench-peers $(BENCH_ARGS)
 
 # A py-spy profile of one row's server under load: build/profile/<row>.txt (collapsed stacks) and the
 # functions with the most samples. TRANSPORT is a row key: grpc, converse, sse, websocket, compat, relay.
