@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from audiochat.v1 import audiochat_pb2 as pb
-from service import client
+from service import cli, client
 from service.audio import parse_wav
 from tests.processes import AUDIOCHAT, REPO, ServeProcess, audiochat_serve, offline_environment
 
@@ -107,32 +108,57 @@ def test_say_against_the_http_edge_says_it_is_not_grpc(tmp_path: Path) -> None:
     ]
 
 
+def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`audiochat ARGS` through the console script's own entry point in this process (no interpreter
+    start-up per call), with what it printed."""
+    status = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 def test_text_only_say_is_refused_before_the_round_trip_and_ask_text_only_keeps_no_wav(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    refused = run_client("say", "hi", "--text-only", "-o", str(tmp_path / "a.wav"), "--target", "127.0.0.1:9")
-    assert refused.returncode == 1
-    assert "say --text-only sends no audio either way" in refused.stderr
+    status, _, err = in_process(
+        capsys, "say", "hi", "--text-only", "-o", str(tmp_path / "a.wav"), "--target", "127.0.0.1:9"
+    )
+    assert status == 1
+    assert "say --text-only sends no audio either way" in err
     assert not (tmp_path / "a.wav").exists()
     with audiochat_serve() as serve:
         target = target_of(serve)
-        said = run_client("say", "hello there", "-o", str(tmp_path / "q.wav"), "--target", target)
-        assert said.returncode == 0, said.stderr
-        asked = run_client(
-            "ask", str(tmp_path / "q.wav"), "--text-only", "-o", str(tmp_path / "a.wav"), "--target", target
+        status, _, err = in_process(
+            capsys, "say", "hello there", "-o", str(tmp_path / "q.wav"), "--target", target
         )
-        assert asked.returncode == 0, asked.stderr
-        assert "seconds" in asked.stdout, "the text answer arrived"
+        assert status == 0, err
+        status, out, err = in_process(
+            capsys,
+            "ask",
+            str(tmp_path / "q.wav"),
+            "--text-only",
+            "-o",
+            str(tmp_path / "a.wav"),
+            "--target",
+            target,
+        )
+        assert status == 0, err
+        assert "seconds" in out, "the text answer arrived"
         assert not (tmp_path / "a.wav").exists(), "no audio, no file"
         # Without -o the audio is not silently dropped: the user is told how to keep it.
-        unsaved = run_client("say", "hello", "--target", target)
-        assert unsaved.returncode == 0, unsaved.stderr
-        assert re.search(r"^\d+\.\d\d s of audio not kept \(-o FILE\.wav writes it\)$", unsaved.stderr, re.M)
+        status, _, err = in_process(capsys, "say", "hello", "--target", target)
+        assert status == 0, err
+        assert re.search(r"^\d+\.\d\d s of audio not kept \(-o FILE\.wav writes it\)$", err, re.M)
 
 
-def test_version_and_settings_errors_name_what_to_change() -> None:
-    version = run_client("--version")
-    assert version.stdout.strip() == f"audiochat {metadata.version('audiochat')}"
+def test_version_and_settings_errors_name_what_to_change(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"audiochat {metadata.version('audiochat')}"
+    for name in [name for name in os.environ if name.startswith(("AUDIOCHAT_", "OPENAI_"))]:
+        monkeypatch.delenv(name)
     for environment, args, expected in (
         ({"AUDIOCHAT_LOG_LEVEL": "verbose"}, [], "log level (--log-level or AUDIOCHAT_LOG_LEVEL) must be"),
         ({}, ["--log-level", "loud"], "log level (--log-level or AUDIOCHAT_LOG_LEVEL) must be"),
@@ -143,16 +169,12 @@ def test_version_and_settings_errors_name_what_to_change() -> None:
             "upstream openai (--upstream or AUDIOCHAT_UPSTREAM) needs a key",
         ),
     ):
-        result = subprocess.run(
-            [*AUDIOCHAT, "serve", *args],
-            env={**offline_environment(), **environment},
-            capture_output=True,
-            text=True,
-            timeout=CLIENT_SECONDS,
-            cwd=REPO,
-        )
-        assert result.returncode == 1
-        [line] = result.stderr.strip().splitlines()
+        with monkeypatch.context() as scoped:
+            for name, value in environment.items():
+                scoped.setenv(name, value)
+            status, _, err = in_process(capsys, "serve", *args)
+        assert status == 1
+        [line] = err.strip().splitlines()
         assert line.startswith(f"audiochat: {expected}"), line
 
 
