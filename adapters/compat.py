@@ -173,8 +173,10 @@ async def _stream(
     usage: pb.Usage | None = None
     with edge.stream(), cancelled_on_cut(edge, call):
         try:
-            first = wire.role_chunk(ident) if parsed.wants_audio else wire.text_role_chunk(ident)
-            yield wire.sse_event(first)
+            # Sent with the first event: an answer that opens with a tool call opens as the upstream's does.
+            opening: wire.Json | None = (
+                wire.role_chunk(ident) if parsed.wants_audio else wire.text_role_chunk(ident)
+            )
             async with aclosing(read_with_heartbeats(call, edge.settings.heartbeat_seconds)) as events:
                 async for event in events:
                     if event is None:
@@ -182,6 +184,16 @@ async def _stream(
                         continue
                     received_at = time.perf_counter()
                     kind = event.WhichOneof("event")
+                    if opening is not None and kind in ("audio", "text", "tool_call", "completed"):
+                        if kind == "tool_call":
+                            piece = _tool_call_piece(event.tool_call)
+                            delta: wire.Json = {"role": "assistant", "content": None, "refusal": None}
+                            delta["tool_calls"] = [piece]
+                            yield wire.sse_event(wire.chunk(ident, delta))
+                            opening = None
+                            continue
+                        yield wire.sse_event(opening)
+                        opening = None
                     if kind == "audio":
                         yield head + base64.b64encode(event.audio.data) + tail
                         relay.observe(time.perf_counter() - received_at)

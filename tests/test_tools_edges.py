@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.edge_fixtures import RunningEdge, sdk_audio
-from tests.events import expected
+from tests.events import FIXTURES, expected
 from tests.test_edge_websocket import closed_with, open_conversation, read_turn
 from tests.upstream_server import FixtureUpstream
 
@@ -158,6 +158,7 @@ async def test_compat_stream_helper_gives_the_final_tool_calls(edge: RunningEdge
     await client.close()
     message = final.choices[0].message
     assert final.choices[0].finish_reason == "tool_calls"
+    assert message.content is None, "an answer that only calls has no content, as upstream"
     assert [plain(call) for call in message.tool_calls or []] == openai_calls("tool_call")
     assert done_arguments == [expected("tool_call")["tool_calls"][0]["arguments"]]
 
@@ -373,3 +374,21 @@ async def test_websocket_tool_result_mistakes_close_with_their_code(
     received, error = await closed_with(ws)
     assert received == code
     assert error is not None and message in error["message"]
+
+
+async def test_compat_answer_that_opens_with_a_call_opens_like_the_upstream(edge: RunningEdge) -> None:
+    async with httpx.AsyncClient(base_url=edge.base_url) as client:
+        body = {
+            "model": "fixture/tool_call",
+            "messages": [{"role": "user", "content": QUESTION}],
+            "tools": TOOLS,
+        }
+        response = await client.post("/v1/chat/completions", json={**body, "stream": True})
+    chunks = [json.loads(line[6:]) for line in response.text.split("\n") if line.startswith("data: {")]
+    want = json.loads((FIXTURES / "tool_call.sse").read_text().split("\n")[0][6:])
+    # The first chunk: role, null content and refusal, and the call's first piece, in one delta.
+    assert chunks[0]["choices"][0]["delta"] == want["choices"][0]["delta"]
+    assert [c["choices"][0]["delta"] for c in chunks[1:12]] == [
+        json.loads(line[6:])["choices"][0]["delta"]
+        for line in (FIXTURES / "tool_call.sse").read_text().split("\n")[2:24:2]
+    ]

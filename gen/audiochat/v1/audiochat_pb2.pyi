@@ -1117,8 +1117,10 @@ class TurnCompleted(_message.Message):
 
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
-        """The complete tool calls, ordered by index, when reason is FINISH_REASON_TOOL_CALLS (any speech
-        before them is in transcript and audio_id). The client answers each with a ToolResult.
+        """The complete tool calls the model made, ordered by index; reason is then FINISH_REASON_TOOL_CALLS
+        (unless an OpenAI-compatible upstream said otherwise, which is relayed as it said it). Any speech
+        before them is in transcript and audio_id. Empty for an interrupted or failed turn: a call cut short
+        cannot be run. The client answers each call with a ToolResult.
         """
 
     def __init__(
