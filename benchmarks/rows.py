@@ -169,6 +169,8 @@ def _litellm(setup: Setup, sim: str) -> Iterator[Served]:
             "LITELLM_TELEMETRY": "False",
             "DISABLE_SCHEMA_UPDATE": "True",
             "LITELLM_MASTER_KEY": LITELLM_MASTER_KEY,
+            # Its model price list from the package, not the network (which a benchmark must not need).
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         }
         child = processes.Child.start(command, setup.placement.gateway_cores, env, "stderr")
         try:

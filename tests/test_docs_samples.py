@@ -40,6 +40,10 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "kubectl create namespace",
     ): "needs a Kubernetes cluster (tests/test_helm_chart.py renders the chart)",
     ("README.md", "proto/audiochat/v1/"): "a directory listing",
+    (
+        "README.md",
+        ".venv/bin/python -m benchmarks --litellm",
+    ): "the committed benchmark's half-hour run (make bench-peers installs LiteLLM)",
     ("PROTOCOL.md", "GET /v1/converse"): "the handshake's request lines, as the text explains them",
     ("PROTOCOL.md", "offset  size"): "the binary frame's layout, checked by tests/test_edge_websocket.py",
 }
