@@ -6,6 +6,7 @@ every edge transport. A turn that lost anything the model said never ends as a c
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -16,7 +17,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from audiochat.v1 import audiochat_pb2 as pb
 from service.normalizer import Normalizer
@@ -277,3 +279,51 @@ async def test_hypothesis_garbage_through_grpc(
     assert done.reason == pb.FINISH_REASON_ERROR or len(collected.audio) == 2 * done.audio_samples
     if done.reason == pb.FINISH_REASON_ERROR:
         assert done.error.code == pb.ERROR_CODE_UPSTREAM_MALFORMED
+
+
+async def test_a_malformed_turn_does_not_hold_up_the_drain(
+    start_service: StartService, upstream: FaultUpstream
+) -> None:
+    # drain() lets running answers end, then ends each conversation with UNAVAILABLE "shutting down"; a
+    # turn that never completed kept it waiting until the grace cut every call instead.
+    service = await start_service(drain_seconds=60.0)
+    model = register(upstream, "bad", MALFORMED["choices as an object"])
+    call = service.stub.Converse()
+    await call.write(pb.ConverseRequest(config=pb.ConverseConfig(turn=pb.TurnConfig(model=model))))
+    await call.read()
+    await call.write(pb.ConverseRequest(text=pb.TextInput(text="hi")))
+    collected = Collected()
+    while collected.completed is None:
+        collected.add((await call.read()).event)
+    stopping = asyncio.create_task(service.server.stop())
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await call.read()
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in (ended.value.details() or "")
+    async with asyncio.timeout(30):  # far below the 60 s grace
+        await stopping
+
+
+async def read_until_closed(ws: ClientConnection) -> None:
+    while True:
+        await ws.recv()  # the `error` frame that says why comes before the close
+
+
+async def test_a_malformed_turn_does_not_hold_up_the_edge_drain(
+    start_edge: Any, upstream: FaultUpstream
+) -> None:
+    # The WebSocket edge drains once the running answer has ended: it must see that answer's turn.completed.
+    edge: RunningEdge = await start_edge(drain_seconds=60.0)
+    model = register(upstream, "bad", MALFORMED["expires_at as text"])
+    async with connect(edge.ws_url) as ws:
+        await ws.send(json.dumps({"type": "config", "model": model}))
+        await ws.recv()
+        await ws.send(json.dumps({"type": "text", "text": "hi"}))
+        while not (isinstance(frame := await ws.recv(), str) and '"turn.completed"' in frame):
+            pass
+        stopping = asyncio.create_task(edge.server.stop())
+        with pytest.raises(ConnectionClosed) as closed:
+            await read_until_closed(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    async with asyncio.timeout(30):  # far below the 60 s grace
+        await stopping
