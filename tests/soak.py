@@ -102,6 +102,19 @@ def free_port() -> int:
         return port
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def sample_rss(pid: int, every: float, samples: list[float]) -> None:
+    """Append the gateway's RSS every `every` seconds until cancelled: flat or growing shows here."""
+    while True:
+        await asyncio.sleep(every)
+        samples.append(round(rss_mib(pid), 1))
+
+
 def rss_mib(pid: int) -> float:
     """Resident memory of a process, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -342,6 +355,9 @@ async def run(minutes: float, workers: int, seed: int) -> dict[str, Any]:
         try:
             await wait_ready(f"http://127.0.0.1:{http_port}")
             rss_start = rss_mib(gateway.pid)
+            cpu_start = cpu_seconds(gateway.pid), time.process_time()
+            samples: list[float] = []
+            sampler = asyncio.create_task(sample_rss(gateway.pid, minutes * 6, samples))
             started = time.monotonic()
             soak = Soak(upstream, grpc_port, http_port, started + minutes * 60)
             await asyncio.gather(
@@ -352,6 +368,9 @@ async def run(minutes: float, workers: int, seed: int) -> dict[str, Any]:
                 )
             )
             elapsed = time.monotonic() - started
+            sampler.cancel()
+            gateway_cpu = cpu_seconds(gateway.pid) - cpu_start[0]
+            load_cpu = time.process_time() - cpu_start[1]
             # Every client is done: whatever the gateway still holds open upstream is a leak.
             await asyncio.sleep(2.0)
             left_open = upstream.open_streams
@@ -373,6 +392,9 @@ async def run(minutes: float, workers: int, seed: int) -> dict[str, Any]:
         "client_errors": dict(tally.client_errors),
         "gateway_rss_mib_start": round(rss_start, 1),
         "gateway_rss_mib_end": round(rss_end, 1),
+        "gateway_rss_mib_every_tenth": samples,
+        "gateway_cpu_share": round(gateway_cpu / elapsed, 2),
+        "soak_process_cpu_share": round(load_cpu / elapsed, 2),
         "gateway_exit_code": gateway.returncode,
     }
 
