@@ -27,7 +27,7 @@ import openai
 
 from audiochat.v1 import audiochat_pb2 as pb
 from service.errors import TurnFailed, UpstreamFailure, redact, upstream_error
-from service.sse_decoder import DONE, SSEDecoder
+from service.sse_decoder import DONE, EventTooLarge, SSEDecoder
 from service.upstream_http import AioHttpClient
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,11 @@ class ChunkStream:
                 chunk = self._decode(data)
                 if chunk is not None:
                     yield chunk
+        except EventTooLarge as exc:
+            failure = UpstreamFailure(
+                pb.ERROR_CODE_UPSTREAM_MALFORMED, f"{exc}; the answer is incomplete", True
+            )
+            raise TurnFailed(failure) from exc
         except httpx2.TimeoutException as exc:
             raise _deadline_failure("the upstream stopped sending") from exc
         except httpx2.HTTPError as exc:

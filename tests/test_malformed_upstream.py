@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from audiochat.v1 import audiochat_pb2 as pb
 from service.normalizer import Normalizer
+from service.sse_decoder import EventTooLarge, SSEDecoder
 from tests.conftest import RunningService, StartService
 from tests.edge_fixtures import RunningEdge
 from tests.events import Collected, text_request
@@ -327,3 +328,14 @@ async def test_a_malformed_turn_does_not_hold_up_the_edge_drain(
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
     async with asyncio.timeout(30):  # far below the 60 s grace
         await stopping
+
+
+@pytest.mark.parametrize("pieces", [[b"data: " + b"A" * 60] * 2, [b"data: " + b"A" * 40 + b"\n"] * 3])
+def test_an_endless_upstream_event_is_refused_not_buffered(pieces: list[bytes]) -> None:
+    # One line that never ends, or data lines that never reach the blank line that ends their event.
+    decoder = SSEDecoder(max_event_bytes=100)
+    for piece in pieces[:-1]:
+        assert decoder.feed(piece) == []
+    with pytest.raises(EventTooLarge):
+        decoder.feed(pieces[-1])
+    assert SSEDecoder(max_event_bytes=100).feed(b"data: " + b"A" * 90 + b"\n\n") == [b"A" * 90]
