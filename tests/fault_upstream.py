@@ -22,8 +22,10 @@ closed each one is kept (`closed_at`), so a test can assert that nothing upstrea
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from service.offline import wire
@@ -41,16 +43,21 @@ def pattern_pcm(size: int, offset: int = 0) -> bytes:
     return (_PATTERN * repeats)[start : start + size] if size > 0 else b""
 
 
-def spoken_answer(seconds: float, piece_bytes: int) -> list[bytes]:
-    """SSE events of a spoken answer of `seconds` of `pattern_pcm` audio in pieces of `piece_bytes`."""
+def spoken_answer(seconds: float, piece_bytes: int) -> Iterator[bytes]:
+    """SSE events of a spoken answer of `seconds` of `pattern_pcm` audio in pieces of `piece_bytes`.
+
+    Built as they are sent, so the headers go out at once and a long answer costs no time up front.
+    """
     ident = wire.StreamIdentity.new("fault-upstream")
     audio_id = wire.new_audio_id()
     total = int(seconds * SAMPLE_RATE_HZ) * 2
     chunks: list[dict[str, Any]] = list(wire.audio_head_chunks(ident, audio_id, "a long answer"))
     pieces = (pattern_pcm(min(piece_bytes, total - at), at) for at in range(0, total, piece_bytes))
     usage = wire.usage_dict(5, 0, 3, total // 2 // 600 + 1)
-    chunks += wire.audio_tail_chunks(ident, audio_id, pieces, int(time.time()) + 3600, usage)
-    return [wire.sse_event(chunk) for chunk in chunks] + [wire.SSE_DONE]
+    tail = wire.audio_tail_chunks(ident, audio_id, pieces, int(time.time()) + 3600, usage)
+    for chunk in itertools.chain(chunks, tail):
+        yield wire.sse_event(chunk)
+    yield wire.SSE_DONE
 
 
 class FaultUpstream(FixtureUpstream):
@@ -102,14 +109,16 @@ class FaultUpstream(FixtureUpstream):
             error = wire.error_object("scripted rate limit", "requests", None, "rate_limit_exceeded")
             await respond(send, 429, error, [(b"retry-after", rest.encode())])
         elif kind == "long":
-            events = spoken_answer(float(rest), SAMPLE_RATE_HZ * 2 * PIECE_MS // 1000)
-            await self._send_events(send, receive, events)
+            piece_bytes = SAMPLE_RATE_HZ * 2 * PIECE_MS // 1000
+            await self._send_events(send, receive, spoken_answer(float(rest), piece_bytes))
         elif kind == "big":
             await self._send_events(send, receive, spoken_answer(int(rest) / 2 / SAMPLE_RATE_HZ, int(rest)))
         else:
             await super().other(kind, rest, request, send, receive)
 
-    async def _send_events(self, send: Send, receive: Receive, events: list[bytes], end: bool = True) -> None:
+    async def _send_events(
+        self, send: Send, receive: Receive, events: Iterable[bytes], end: bool = True
+    ) -> None:
         self.streams_started += 1
         headers = [(b"content-type", b"text/event-stream"), (b"x-request-id", b"req_fault")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -8,7 +8,10 @@ headers) and client side (cancel mid-answer, a reader that pauses). It reports e
 or reordered in completed turns (must be 0), upstream connections left open at the end (0), and the
 gateway's RSS at the start and the end.
 
-    python -m tests.soak --minutes 10 [--workers 4]
+    python -m tests.soak --minutes 10 --events 1000000 [--workers 4]
+
+It runs for --minutes and until --events were relayed (never past three times --minutes: a busy machine
+reports fewer events rather than running on).
 """
 
 from __future__ import annotations
@@ -126,12 +129,23 @@ def rss_mib(pid: int) -> float:
 class Soak:
     """One run: the gateway process, the fault upstream, the clients."""
 
-    def __init__(self, upstream: FaultUpstream, grpc_port: int, http_port: int, deadline: float) -> None:
+    def __init__(
+        self, upstream: FaultUpstream, grpc_port: int, http_port: int, minutes: float, events: int
+    ) -> None:
         self.upstream = upstream
         self.grpc_target = f"127.0.0.1:{grpc_port}"
         self.http_base = f"http://127.0.0.1:{http_port}"
-        self.deadline = deadline
+        self.started = time.monotonic()
+        self.minutes = minutes
+        self.events_target = events
         self.tally = Tally()
+
+    def running(self) -> bool:
+        """Until both `minutes` and the event target are reached; never past three times `minutes`."""
+        elapsed = (time.monotonic() - self.started) / 60
+        if elapsed >= 3 * self.minutes:
+            return False
+        return elapsed < self.minutes or self.tally.events < self.events_target
 
     async def worker(self, transport: str, seed: int) -> None:
         rng = random.Random(seed)
@@ -139,7 +153,7 @@ class Soak:
         async with grpc.aio.insecure_channel(self.grpc_target) as channel:
             stub = pb_grpc.AudioChatServiceStub(channel)
             async with httpx.AsyncClient(base_url=self.http_base, timeout=30) as http:
-                while time.monotonic() < self.deadline:
+                while self.running():
                     try:
                         await run(rng, stub, http)
                     except Exception as exc:  # a client-visible failure the run counts, never a crash
@@ -345,7 +359,7 @@ async def wait_ready(http_base: str) -> None:
     raise RuntimeError("the gateway did not become ready")
 
 
-async def run(minutes: float, workers: int, seed: int) -> dict[str, Any]:
+async def run(minutes: float, events: int, workers: int, seed: int) -> dict[str, Any]:
     async with FaultUpstream() as upstream:
         upstream.scripts["malformed"] = b"".join(fixture_events("audio_no_finish_reason")[:14]) + script(
             {"choices": [{"index": 0, "delta": {"audio": {"data": "!!!!"}}}]}
@@ -357,9 +371,9 @@ async def run(minutes: float, workers: int, seed: int) -> dict[str, Any]:
             rss_start = rss_mib(gateway.pid)
             cpu_start = cpu_seconds(gateway.pid), time.process_time()
             samples: list[float] = []
-            sampler = asyncio.create_task(sample_rss(gateway.pid, minutes * 6, samples))
-            started = time.monotonic()
-            soak = Soak(upstream, grpc_port, http_port, started + minutes * 60)
+            sampler = asyncio.create_task(sample_rss(gateway.pid, 60.0, samples))
+            soak = Soak(upstream, grpc_port, http_port, minutes, events)
+            started = soak.started
             await asyncio.gather(
                 *(
                     soak.worker(t, seed * 1000 + i * 10 + n)
@@ -392,7 +406,7 @@ async def run(minutes: float, workers: int, seed: int) -> dict[str, Any]:
         "client_errors": dict(tally.client_errors),
         "gateway_rss_mib_start": round(rss_start, 1),
         "gateway_rss_mib_end": round(rss_end, 1),
-        "gateway_rss_mib_every_tenth": samples,
+        "gateway_rss_mib_every_minute": samples,
         "gateway_cpu_share": round(gateway_cpu / elapsed, 2),
         "soak_process_cpu_share": round(load_cpu / elapsed, 2),
         "gateway_exit_code": gateway.returncode,
@@ -405,11 +419,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--minutes", type=float, default=10.0, help="at least this long")
+    parser.add_argument(
+        "--events", type=int, default=1_000_000, help="and at least this many events (up to 3x --minutes)"
+    )
     parser.add_argument("--workers", type=int, default=4, help="concurrent clients per transport")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    report = asyncio.run(run(args.minutes, args.workers, args.seed))
+    report = asyncio.run(run(args.minutes, args.events, args.workers, args.seed))
     print(json.dumps(report, indent=2))
     bad = report["bytes_lost_or_reordered"] or report["upstream_connections_left_open"]
     sys.exit(1 if bad or report["gateway_exit_code"] != 0 else 0)

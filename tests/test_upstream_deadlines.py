@@ -20,7 +20,6 @@ from tests.events import Collected, text_request
 from tests.fault_upstream import FaultUpstream
 
 STALL = "silent/14/audio_no_finish_reason"  # transcript and some audio, then silence
-FAST = {"upstream_timeout_seconds": 0.5, "upstream_idle_timeout_seconds": 0.3}
 
 
 async def collect(call: Any) -> Collected:
@@ -33,7 +32,7 @@ async def collect(call: Any) -> Collected:
 async def test_no_response_headers_is_deadline_exceeded_without_retries(
     start_service: StartService, upstream: FaultUpstream
 ) -> None:
-    service = await start_service(upstream_max_retries=2, **FAST)
+    service = await start_service(upstream_max_retries=2, upstream_timeout_seconds=0.5)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await collect(service.stub.StreamTurn(text_request("hang")))
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -46,7 +45,7 @@ async def test_no_response_headers_is_deadline_exceeded_without_retries(
 async def test_a_stall_mid_answer_ends_the_turn_in_band(
     start_service: StartService, upstream: FaultUpstream
 ) -> None:
-    service = await start_service(**FAST)
+    service = await start_service(upstream_idle_timeout_seconds=1.0)
     collected = await collect(service.stub.StreamTurn(text_request(STALL)))
     done = collected.completed
     assert done is not None and done.reason == pb.FINISH_REASON_ERROR
@@ -60,11 +59,11 @@ async def test_a_slow_reader_is_not_an_idle_upstream(
     start_service: StartService, upstream: FaultUpstream
 ) -> None:
     # The idle deadline times the upstream's reads only: a pausing client back-pressures, it does not fail.
-    service = await start_service(**FAST)
+    service = await start_service(upstream_idle_timeout_seconds=1.0)
     call = service.stub.StreamTurn(text_request("long/60"))
     collected = Collected()
     collected.add(await call.read())
-    await asyncio.sleep(1.0)  # over three idle deadlines without reading
+    await asyncio.sleep(3.0)  # three idle deadlines without reading
     while collected.completed is None:
         collected.add(await call.read())
     assert collected.completed is not None and collected.completed.reason == pb.FINISH_REASON_STOP
