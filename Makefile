@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint lock proto bench bench-peers profile vad-eval soak clean
+.PHONY: run test lint lock proto bench bench-peers profile vad-eval soak fuzz clean
 
 # uv installs exactly what uv.lock pins (hashes checked), the same set the container image installs.
 # It lives in its own small virtualenv inside .venv, so syncing .venv never removes it. Its version must
@@ -58,6 +58,10 @@ test: $(VENV)/.installed-dev $(CHROMIUM) lint
 # Load over every transport against a paced simulator, beside a no-logic relay, in one run (about an hour;
 # BENCH_ARGS=--quick for a few minutes). Writes build/bench/ (untracked); method: benchmarks/README.md.
 BENCH_ARGS ?=
+# Hostile input on every edge message kind, far more examples than `make test` runs (about 10 minutes).
+fuzz: $(VENV)/.installed-dev
+	AUDIOCHAT_FUZZ_EXAMPLES=$${AUDIOCHAT_FUZZ_EXAMPLES:-1000} $(BIN)/pytest tests/test_edge_fuzz.py -q -p no:cacheprovider
+
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks.codecs
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.schemas import ChatCompletionBody, SchemaError, validate
 from adapters.status import EdgeError
 from adapters.tool_json import ToolJsonError, set_tools, tool_calls, tool_result
 from adapters.turn_request import ENCODINGS, OUTPUT_ENCODINGS
@@ -63,6 +64,10 @@ def parse(body: Any) -> CompatRequest:
     the input, everything before it the history (a history ending with tool results continues after them)."""
     if not isinstance(body, dict):
         raise CompatError("Invalid type for request body: expected an object.", None, "invalid_type")
+    try:
+        validate(ChatCompletionBody, body)
+    except SchemaError as exc:
+        raise CompatError(exc.error.message, exc.error.param, "invalid_value") from None
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise CompatError("you must provide a model parameter", "model", "missing_required_parameter")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -10,6 +9,7 @@ from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from adapters.schemas import SchemaError, parse_json
 from adapters.status import EdgeError, bad_request, too_large
 
 
@@ -41,9 +41,9 @@ async def read_json(request: Request, limit: int) -> Any:
     """The JSON body; BodyError if too large or not JSON."""
     body = b"".join([chunk async for chunk in _limited(request, limit)])
     try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise BodyError(bad_request(f"the body is not valid JSON: {exc}")) from None
+        return parse_json(body)
+    except SchemaError as exc:
+        raise BodyError(exc.error) from None
 
 
 async def read_form(request: Request, limit: int) -> FormData:

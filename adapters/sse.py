@@ -26,7 +26,8 @@ _EVENT_LINES = {oneof: f"event: {name}\nid: ".encode() for oneof, name in EVENT_
 def parse_event_id(value: str) -> tuple[str, int] | None:
     """(turn id, sequence) of a Last-Event-ID, or None if it is not one of ours."""
     turn_id, _, sequence = value.strip().rpartition(":")
-    if not turn_id or not sequence.isdigit():
+    # ASCII digits only ("²" is a digit to str.isdigit), and no more than a uint64 holds.
+    if not turn_id or not (sequence.isascii() and sequence.isdigit()) or len(sequence) > 19:
         return None
     return turn_id, int(sequence)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.datastructures import FormData, UploadFile
 
+from adapters.schemas import SchemaError, TurnBody, parse_json, validate
 from adapters.status import EdgeError, bad_request
 from adapters.tool_json import ToolJsonError, set_tools, tool_calls, tool_result
 from audiochat.v1 import audiochat_pb2 as pb
@@ -49,9 +50,17 @@ MODALITIES = {"text": pb.MODALITY_TEXT, "audio": pb.MODALITY_AUDIO}
 class RequestError(Exception):
     """The body's shape is wrong; `error` says how to answer."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, error: EdgeError | None = None) -> None:
         super().__init__(message)
-        self.error: EdgeError = bad_request(message)
+        self.error: EdgeError = error or bad_request(message)
+
+
+def checked(schema: type[Any], body: Any) -> None:
+    """RequestError naming the field unless `body` fits its declared schema (adapters.schemas)."""
+    try:
+        validate(schema, body)
+    except SchemaError as exc:
+        raise RequestError(exc.error.message, exc.error) from None
 
 
 def _str(body: dict[str, Any], key: str) -> str:
@@ -196,6 +205,7 @@ def from_json(body: Any) -> pb.StreamTurnRequest:
     """The JSON form of a turn."""
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object")
+    checked(TurnBody, body)
     return pb.StreamTurnRequest(
         config=turn_config(body), history=history(body.get("history")), input=user_message(body)
     )
@@ -206,15 +216,16 @@ async def from_form(form: FormData) -> pb.StreamTurnRequest:
     fields: dict[str, Any] = {key: value for key, value in form.multi_items() if isinstance(value, str)}
     if "history" in fields:
         try:
-            fields["history"] = json.loads(fields["history"])
-        except ValueError:
+            fields["history"] = parse_json(fields["history"])
+        except SchemaError:
             raise RequestError("the 'history' field must be JSON") from None
-    for key in ("max_output_tokens", "temperature"):
+    for key, kind in (("max_output_tokens", int), ("temperature", float)):
         if key in fields:
             try:
-                fields[key] = float(fields[key])
+                fields[key] = kind(fields[key])
             except ValueError:
                 raise RequestError(f"'{key}' must be a number") from None
+    checked(TurnBody, fields)
     request = pb.StreamTurnRequest(config=turn_config(fields), history=history(fields.get("history")))
     request.input.text = _str(fields, "text")
     upload = form.get("audio") or form.get("file")

@@ -20,10 +20,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from adapters.auth import WS_SUBPROTOCOL, subprotocol_token
 from adapters.context import EdgeContext, edge_of, transport_metadata
 from adapters.event_json import EVENT_NAMES, JSON_OF
+from adapters.schemas import WEBSOCKET_MESSAGES, SchemaError, parse_json
 from adapters.status import EdgeError, bad_request, edge_error, from_rpc_error, shutting_down, unauthenticated
 from adapters.tool_json import ToolJsonError, tool_result
 from adapters.turn_detection import turn_detection
-from adapters.turn_request import ENCODINGS, RequestError, history, turn_config
+from adapters.turn_request import ENCODINGS, RequestError, checked, history, turn_config
 from audiochat.v1 import audiochat_pb2 as pb
 from service import metrics
 
@@ -179,13 +180,18 @@ class Session:
         if data is not None:
             return pb.ConverseRequest(audio=pb.AudioChunk(data=data, format=self._input_format))
         try:
-            body = json.loads(message.get("text") or "")
-        except ValueError:
-            raise ClientFault(bad_request("text frames must be JSON objects")) from None
+            body = parse_json(message.get("text") or "")
+        except SchemaError as exc:
+            raise ClientFault(exc.error) from None
         if not isinstance(body, dict):
             raise ClientFault(bad_request("text frames must be JSON objects"))
+        kind = body.get("type")
+        schema = WEBSOCKET_MESSAGES.get(kind) if isinstance(kind, str) else None
+        if schema is None:
+            raise ClientFault(bad_request(f"unknown message type {str(kind)[:64]!r}"))
         try:
-            return self._request(str(body.get("type", "")), body)
+            checked(schema, body)
+            return self._request(str(kind), body)
         except RequestError as exc:
             raise ClientFault(exc.error) from None
 

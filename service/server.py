@@ -10,11 +10,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from audiochat.v1 import audiochat_pb2 as pb
-from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
 from service import keepalive
 from service.api_keys import ApiKeys
 from service.grpc_auth import ApiKeyInterceptor
 from service.listen import listen_error
+from service.registration import add_servicer
 from service.servicer import AudioChatServicer
 from service.settings import Settings
 from service.upstream import Upstream
@@ -61,7 +61,7 @@ class AudioChatServer:
         keys = ApiKeys.from_settings(settings)
         interceptors = [] if keys.open else [ApiKeyInterceptor(keys)]
         self._server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
-        pb_grpc.add_AudioChatServiceServicer_to_server(self.servicer, self._server)
+        add_servicer(self.servicer, self._server)  # bytes that are not protobuf: INVALID_ARGUMENT
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self._server

@@ -15,6 +15,7 @@ from service import metrics, observe
 from service.admission import DEFAULT_MAX_CONVERSATIONS, Admission, let_client_finish_writing
 from service.conversation import Conversation
 from service.errors import Overloaded, ShuttingDown, TurnFailed, WrongState, abort
+from service.registration import reject_malformed
 from service.turn import Turn
 from service.turn_input import (
     Defaults,
@@ -100,6 +101,7 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         transport = transport_of(context)
         meter = metrics.for_transport(transport)
         try:
+            reject_malformed(request)
             self.admission.refuse_if_draining()
             with self.admission.turn(meter.running), self._serving(meter):
                 history = await history_entries_off_loop(request.history, self._limits)
@@ -144,6 +146,7 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
             first = await anext(aiter(request_iterator), None)
             if first is None:
                 return
+            reject_malformed(first)
             with self.admission.conversation(meter.conversations), self._serving(meter):
                 if first.WhichOneof("request") != "config":
                     raise WrongState("the first message of a conversation must be its config")
@@ -238,6 +241,7 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
 async def _read_requests(requests: AsyncIterator[pb.ConverseRequest], conversation: Conversation) -> None:
     try:
         async for request in requests:
+            reject_malformed(request)
             await conversation.handle(request)
         await conversation.finish()
         conversation.outbox.put_now(None)

@@ -1,0 +1,284 @@
+"""One declared schema per edge message (pydantic v2): the SSE turn body, each WebSocket message, the
+OpenAI-compatible body's typed parameters. Input is checked here, before anything reads it, so a whole
+class of bad input (wrong types, non-finite or out-of-range numbers, lone surrogates, non-ASCII base64)
+gets one clear 400 / close 1007 naming the field instead of a crash deep inside. The translators
+(turn_request, compat_request, websocket) then read values whose types are known.
+
+Fields not declared here are allowed and left to the translators: the edge protocols grow (tools, turn
+detection), and the OpenAI-compatible route forwards parameters it does not know.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from typing import Annotated, Any, Literal, NoReturn
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from adapters.status import EdgeError, bad_request
+
+UINT32_MAX = 2**32 - 1
+# Nesting deeper than this is no message of ours; the limit keeps parsing off Python's recursion limit.
+MAX_JSON_DEPTH = 64
+
+
+def _unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("holds a lone surrogate, which is not valid Unicode") from None
+    return value
+
+
+def _base64_text(value: str) -> str:
+    if not value.isascii():
+        raise ValueError("must be base64 (ASCII letters, digits, +, / and =)")
+    return value
+
+
+Text = Annotated[str, Field(strict=True), AfterValidator(_unicode)]
+Flag = Annotated[bool, Field(strict=True)]
+Base64 = Annotated[str, Field(strict=True), AfterValidator(_base64_text)]
+Count = Annotated[int, Field(strict=True, ge=0, le=UINT32_MAX)]
+PositiveCount = Annotated[int, Field(strict=True, ge=1, le=UINT32_MAX)]
+Number = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
+Timestamp = Annotated[int, Field(strict=True, ge=0, le=2**62)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=False)
+
+
+class AudioBody(_Message):
+    """`{"data": base64, "format": "wav"|"mp3"|"pcm16"|..., "sample_rate_hz": N}`."""
+
+    data: Base64 = ""
+    format: Text | None = None
+    sample_rate_hz: Count | None = None
+
+
+class HistoryEntry(_Message):
+    """One earlier message: `{"role": "user", "text", "audio"}` or `{"role": "assistant", "text", "audio_id",
+    "audio_expires_at"}`."""
+
+    role: Text
+    text: Text | None = None
+    audio: AudioBody | None = None
+    audio_id: Text | None = None
+    audio_expires_at: Timestamp | None = None
+
+
+class TurnSettingsBody(_Message):
+    """The settings of a turn, shared by the SSE body and the WebSocket `config` message."""
+
+    model: Text | None = None
+    voice: Text | None = None
+    instructions: Text | None = None
+    modalities: list[Text] | Text | None = None
+    max_output_tokens: PositiveCount | None = None
+    temperature: Number | None = None
+    history: list[HistoryEntry] | None = None
+    extra_body: dict[str, Any] | Text | None = None
+
+
+class TurnBody(TurnSettingsBody):
+    """`POST /v1/turns` as JSON."""
+
+    text: Text | None = None
+    audio: AudioBody | None = None
+
+
+class InputAudioFormat(_Message):
+    """`{"encoding": "pcm16"|"wav"|"mp3", "sample_rate_hz": N}` for the WebSocket's binary audio frames."""
+
+    encoding: Text | None = None
+    sample_rate_hz: Count | None = None
+
+
+class ConfigMessage(TurnSettingsBody):
+    """WebSocket `config`: the conversation's settings and history."""
+
+    type: Literal["config"]
+    input_audio: InputAudioFormat | None = None
+
+
+class TextMessage(_Message):
+    """WebSocket `text`: a typed turn."""
+
+    type: Literal["text"]
+    text: Text = ""
+
+
+class CommitMessage(_Message):
+    """WebSocket `commit`: send the recording (with optional text)."""
+
+    type: Literal["commit"]
+    text: Text = ""
+
+
+class InterruptMessage(_Message):
+    """WebSocket `interrupt`: stop the answer; how much of it was heard."""
+
+    type: Literal["interrupt"]
+    played_ms: Count = 0
+
+
+class AudioStartMessage(InputAudioFormat):
+    """WebSocket `audio.start`: the format of the binary frames that follow."""
+
+    type: Literal["audio.start"]
+
+
+class ToolResultMessage(_Message):
+    """WebSocket `tool_result`: what the client's function returned for one call."""
+
+    type: Literal["tool_result"]
+    tool_call_id: Text | None = None
+    content: Text = ""
+
+
+class BareMessage(_Message):
+    """WebSocket messages with no fields of their own (`clear_audio`, `auth`)."""
+
+    type: Literal["clear_audio", "auth"]
+
+
+WEBSOCKET_MESSAGES: dict[str, type[_Message]] = {
+    "config": ConfigMessage,
+    "text": TextMessage,
+    "commit": CommitMessage,
+    "interrupt": InterruptMessage,
+    "audio.start": AudioStartMessage,
+    "clear_audio": BareMessage,
+    "auth": BareMessage,
+    "tool_result": ToolResultMessage,
+}
+
+
+class InputAudioPart(_Message):
+    """`{"data": base64, "format": "wav"|"mp3"}`."""
+
+    data: Base64 = ""
+    format: Text | None = None
+
+
+class ContentPart(_Message):
+    """A part of a message's content: `{"type": "text", "text"}` or `{"type": "input_audio", ...}`."""
+
+    type: Text
+    text: Text | None = None
+    input_audio: InputAudioPart | None = None
+
+
+class AudioReference(_Message):
+    """An assistant message's `audio`: `{"id": "audio_..."}`."""
+
+    id: Text | None = None
+
+
+class AudioParam(_Message):
+    """`audio`: `{"voice": "alloy" | {"id": "voice_..."}, "format": "pcm16"|"wav"|...}`."""
+
+    voice: Text | dict[str, Text] | None = None
+    format: Text | None = None
+
+
+class ChatMessage(_Message):
+    """One entry of `messages`."""
+
+    role: Text
+    content: Text | list[ContentPart] | None = None
+    audio: AudioReference | None = None
+
+
+class ChatCompletionBody(_Message):
+    """`POST /v1/chat/completions`: the parameters the route reads itself; everything else is forwarded."""
+
+    model: Text
+    messages: list[ChatMessage]
+    stream: Flag | None = None
+    modalities: list[Text] | None = None
+    audio: AudioParam | None = None
+    stream_options: dict[str, Any] | None = None
+    max_tokens: PositiveCount | None = None
+    max_completion_tokens: PositiveCount | None = None
+    temperature: Number | None = None
+
+
+class SchemaError(Exception):
+    """The message does not fit its schema; `error` answers 400 / close 1007 naming the field."""
+
+    def __init__(self, error: EdgeError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def parse_json(text: str | bytes) -> Any:
+    """JSON as our messages may hold it; SchemaError naming the field for NaN or Infinity, lone surrogates,
+    and nesting past MAX_JSON_DEPTH."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise SchemaError(bad_request(f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels")) from None
+    except ValueError as exc:  # also a number of more than 4300 digits, and bad UTF-8
+        raise SchemaError(bad_request(f"the body is not valid JSON: {exc}")) from None
+    _check_values(value)
+    return value
+
+
+def _check_values(root: Any) -> None:
+    """Walk the parsed JSON (iteratively: no recursion limit to hit) for what no message of ours may hold."""
+    pending: list[tuple[Any, str, int]] = [(root, "", 1)]
+    while pending:
+        value, path, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            _refuse(path, f"is nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(value, float) and not math.isfinite(value):
+            _refuse(path, "must be a finite number (NaN and Infinity are not JSON)")
+        elif isinstance(value, str):
+            _check_text(value, path)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, path)
+                pending.append((item, f"{path}.{key}" if path else key, depth + 1))
+        elif isinstance(value, list):
+            pending.extend((item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value))
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        _refuse(path, "holds a lone surrogate, which is not valid Unicode")
+
+
+def _refuse(path: str, why: str) -> NoReturn:
+    message = f"'{path}' {why}" if path else f"the JSON {why}"
+    raise SchemaError(replace(bad_request(message), param=path or None))
+
+
+def validate(schema: type[_Message], value: Any) -> Any:
+    """`value` checked against `schema`; SchemaError naming the first field at fault."""
+    try:
+        return schema.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = field_path(first["loc"])
+        message = f"'{field}': {first['msg']}" if field else str(first["msg"])
+        raise SchemaError(replace(bad_request(message), param=field or None)) from None
+
+
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "json"})
+
+
+def field_path(location: tuple[int | str, ...]) -> str:
+    """`("history", 0, "audio", "data")` as `history[0].audio.data`, the way OpenAI names params."""
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.replace("_", "").isalnum() and part not in _UNION_TAGS:
+            path += f".{part}" if path else part  # skip union tags such as `list[str]`
+    return path
