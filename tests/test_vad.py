@@ -139,3 +139,14 @@ async def test_batched_streams_get_the_probabilities_each_gets_alone() -> None:
         assert len(one) == len(many) > 50
         assert np.allclose(one, many, atol=1e-4)
     assert max(max(p) for p in batched) > 0.9 and min(min(p) for p in batched) < 0.1
+
+
+def test_chunks_that_split_samples_give_the_same_probabilities() -> None:
+    pcm = utterance_pcm()
+    whole = silero.SileroStream(24_000).feed(pcm)
+    stream = silero.SileroStream(24_000)
+    split: list[float] = []
+    for offset in range(0, len(pcm), 963):  # odd sizes: every other chunk starts mid-sample
+        split += stream.feed(pcm[offset : offset + 963])
+    assert len(split) == len(whole) > 50
+    assert np.allclose(split, whole, atol=1e-4)

@@ -99,6 +99,7 @@ class SileroStream:
         self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
         self._window = np.zeros(_CONTEXT_SAMPLES[self.model_rate_hz] + self._frame, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
+        self._odd_byte = b""
 
     @property
     def frame_ms(self) -> float:
@@ -106,7 +107,7 @@ class SileroStream:
         return self._frame * 1000 / self.model_rate_hz
 
     def feed(self, pcm16: bytes) -> list[float]:
-        """Probabilities of the frames completed by this chunk (an odd trailing byte is ignored)."""
+        """Probabilities of the frames this chunk completes (any length, even one that splits a sample)."""
         probabilities: list[float] = []
         for window in self._windows(pcm16):
             output, state = self._session.run(
@@ -127,7 +128,11 @@ class SileroStream:
 
     def _windows(self, pcm16: bytes) -> Iterator[npt.NDArray[np.float32]]:
         """Each completed frame with the previous frame's tail before it, as the model was trained."""
-        samples = np.frombuffer(pcm16, dtype="<i2", count=len(pcm16) // 2).astype(np.float32) / 32768.0
+        # Chunks may split a sample (a WebSocket frame of odd length): its first byte waits for the next.
+        data = self._odd_byte + pcm16 if self._odd_byte else pcm16
+        whole = len(data) - len(data) % 2
+        self._odd_byte = data[whole:]
+        samples = np.frombuffer(data, dtype="<i2", count=whole // 2).astype(np.float32) / 32768.0
         if self._resampler is not None:
             samples = self._resampler.resample_chunk(samples)
         pending = np.concatenate((self._pending, samples)) if len(self._pending) else samples
