@@ -2,6 +2,8 @@
 // (adapters/PROTOCOL.md), with the answer played while it streams and barge-in, by button or by voice,
 // that reports exactly how much the listener heard.
 
+import { OggOpusDecoder, opusPlaybackSupported } from "./opus-player.js";
+
 const SOURCE_RATE = 24000;
 const SAMPLES_PER_MS = SOURCE_RATE / 1000;
 const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
@@ -19,7 +21,7 @@ const ui = {
   chat: $("chat"), hint: $("hint"), status: $("status"), dot: $("status-dot"), error: $("error"),
   talk: $("talk"), textForm: $("text-form"), text: $("text"), settings: $("settings"),
   settingsToggle: $("settings-toggle"), voice: $("voice"), instructions: $("instructions"),
-  server: $("server"), apiKey: $("api-key"), handsFree: $("hands-free"), voiceState: $("voice-state"),
+  server: $("server"), apiKey: $("api-key"), opusAnswers: $("opus-answers"), handsFree: $("hands-free"), voiceState: $("voice-state"),
   stateLabel: $("state-label"), levelBar: $("level-bar"),
 };
 
@@ -70,6 +72,8 @@ function connect() {
     if (key) ws.send(JSON.stringify({ type: "auth", token: key }));
     const config = { type: "config", input_audio: { encoding: "pcm16", sample_rate_hz: SOURCE_RATE } };
     if (handsFree) config.turn_detection = { type: "server_vad" };
+    // Opus answers: about 35 kbit/s instead of pcm16's 384, decoded here by WebCodecs.
+    if (ui.opusAnswers.checked && opusPlaybackSupported()) config.output_audio = "opus";
     if (ui.voice.value.trim()) config.voice = ui.voice.value.trim();
     if (ui.instructions.value.trim()) config.instructions = ui.instructions.value.trim();
     config.tools = Object.entries(PAGE_TOOLS).map(([name, tool]) => (
@@ -157,17 +161,26 @@ function onEvent(event) {
       const turn = turnFor(event.turn_index);
       turn.turnId = event.turn_id;
       turn.inputAudioMs = event.input_audio_ms;
+      turn.encoding = event.audio_format?.encoding ?? "pcm16";
       test.turns[event.turn_index].inputAudioMs = event.input_audio_ms;
+      test.turns[event.turn_index].encoding = turn.encoding;
       break;
     }
     case "text.delta":
       appendText(turnFor(event.turn_index), event.text);
       break;
-    case "turn.completed":
-      finishTurn(turnFor(event.turn_index), event);
-      for (const call of event.tool_calls ?? []) runTool(call);
-      updateVoiceState();
+    case "turn.completed": {
+      // An Opus answer's last frames may still be in the decoder: the turn ends once they are played out.
+      const turn = turnFor(event.turn_index);
+      const finish = () => {
+        finishTurn(turn, event);
+        for (const call of event.tool_calls ?? []) runTool(call);
+        updateVoiceState();
+      };
+      if (turn.opus) turn.opus.flush().finally(() => turn.opus.close()).then(finish);
+      else finish();
       break;
+    }
     case "error":
       test.errors.push(event);
       if (event.code === "unauthenticated") askForKey();
@@ -183,7 +196,22 @@ function onAudio(buffer) {
   const turnIndex = view.getUint32(0, true);
   const turn = turnFor(turnIndex);
   if (turn.stopped) return; // in flight when the listener talked over it
-  const pcm = buffer.slice(16);
+  if (turn.encoding !== "opus") {
+    playPcm(turn, buffer.slice(16));
+    return;
+  }
+  // The frames are the pieces of one Ogg Opus file (header first); decoded pcm is played like pcm16's.
+  turn.opus ??= new OggOpusDecoder(
+    (pcm) => {
+      if (!turn.stopped) playPcm(turn, pcm.buffer);
+    },
+    (error) => showError(`This browser could not decode the Opus answer: ${error.message}`),
+  );
+  turn.opus.push(new Uint8Array(buffer, 16));
+}
+
+function playPcm(turn, pcm) {
+  const turnIndex = turn.index;
   const samples = pcm.byteLength / 2;
   if (turn.firstAudioAt === null) {
     turn.firstAudioAt = performance.now();
