@@ -66,8 +66,9 @@ def hands_free_on(page: Page) -> None:
 
 
 def test_speech_pause_speech_gets_two_answers_without_a_button(server_port: int, tmp_path: Path) -> None:
-    # The first answer (about 6 s at real time) ends within the 9 s pause, so neither cuts the other.
-    mic = silence(1500) + utterance(QUESTION) + silence(9000) + utterance(FOLLOW_UP, "nova") + silence(8000)
+    # The first answer (about 6 s at real time) ends within the 13 s pause even on a loaded machine, so
+    # neither cuts the other.
+    mic = silence(1500) + utterance(QUESTION) + silence(13_000) + utterance(FOLLOW_UP, "nova") + silence(8000)
     with browser_hearing(tmp_path / "mic.wav", mic) as browser, open_page(browser, server_port) as page:
         hands_free_on(page)
         page.wait_for_function("() => window.audiochatTest.voiceState === 'speaking'", timeout=15_000)
