@@ -93,6 +93,7 @@ async def chat_completions(request: Request) -> Response:
         id="chatcmpl-" + first.turn_id.removeprefix("turn_"),
         created=int(time.time()),
         model=first.started.model or parsed.model,
+        system_fingerprint=None,  # the core does not relay the upstream's: unknown, not the offline voice's
     )
     if parsed.stream:
         chunks = _stream(call, parsed, ident, edge)
@@ -299,4 +300,6 @@ async def _whole(call: Any, parsed: CompatRequest, ident: wire.StreamIdentity) -
         if not message["content"]:
             message["content"] = None  # as the upstream writes a message that only calls tools
     finish = _FINISH_REASONS.get(reason_name(done.reason), "stop")
-    return JSONResponse(wire.completion_body(ident, message, _usage(usage), finish))
+    body = wire.completion_body(ident, message, _usage(usage), finish)
+    del body["service_tier"]  # the upstream's is not relayed: leave it out rather than invent "default"
+    return JSONResponse(body)

@@ -5,6 +5,7 @@ model when the upstream has no list (issue 9 "Also")."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import openai
@@ -74,3 +75,14 @@ async def test_models_needs_a_key_when_the_edge_has_keys(
         accepted = await client.get("/v1/models", headers={"authorization": "Bearer edge-key"})
     assert refused.status_code == 401
     assert accepted.status_code == 200 and accepted.json()["data"][0]["id"] == "gpt-audio"
+
+
+async def test_compat_answers_invent_no_fingerprint_or_tier(edge: RunningEdge) -> None:
+    """The core does not relay the upstream's system_fingerprint or service_tier: unknown, never made up."""
+    body = {"model": "fixture/text_only", "messages": QUESTION}
+    async with httpx.AsyncClient(base_url=edge.base_url) as client:
+        whole = (await client.post("/v1/chat/completions", json=body)).json()
+        streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
+    assert "service_tier" not in whole and whole["system_fingerprint"] is None
+    chunks = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    assert chunks and all(chunk["system_fingerprint"] is None for chunk in chunks)

@@ -50,7 +50,7 @@ class StreamIdentity:
     id: str
     created: int
     model: str
-    system_fingerprint: str = SYSTEM_FINGERPRINT
+    system_fingerprint: str | None = SYSTEM_FINGERPRINT  # None: unknown (a relay that was not told it)
     obfuscate: bool = False
 
     @classmethod
