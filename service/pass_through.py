@@ -73,15 +73,32 @@ def refusal(name: str, value: object) -> str | None:
 
 def parse_extra_body(text: str, prefix: str = "config.extra_body") -> dict[str, Any]:
     """The parameters of an `extra_body` JSON object text; Refused (naming `prefix`) if it is not one."""
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_EXTRA_BODY_BYTES:
-        raise Refused(f"extra_body is over the limit of {MAX_EXTRA_BODY_BYTES} bytes", prefix)
+    return parse_json_object(text, prefix, "extra_body", MAX_EXTRA_BODY_BYTES)
+
+
+def parse_json_object(text: str, param: str, what: str, max_bytes: int) -> dict[str, Any]:
+    """A JSON object written as text by a gRPC client (`extra_body`, a tool's `parameters_json`).
+
+    Refused, naming `param`, when the text is over `max_bytes`, is not JSON (the message says where, in
+    JSON's terms, never the parser's internals), is not an object, or holds what JSON cannot carry to the
+    upstream (see `check_json`).
+    """
+    if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise Refused(f"{what} is over the limit of {max_bytes} bytes", param)
     try:
         value = json.loads(text, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:
-        raise Refused(f"extra_body must be the text of a JSON object: {exc}", prefix) from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise Refused(f"{what} is not valid JSON: {exc.msg} at {where}", param) from None
+    except RecursionError:
+        raise Refused(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels", param) from None
+    except ValueError as exc:
+        # int() past sys.get_int_max_str_digits, or NaN / Infinity (from _no_constant).
+        reason = str(exc) if isinstance(exc, _ConstantError) else "it holds a number with too many digits"
+        raise Refused(f"{what} is not valid JSON: {reason}", param) from None
     if not isinstance(value, dict):
-        raise Refused("extra_body must be the text of a JSON object", prefix)
-    check_json(value, prefix)
+        raise Refused(f"{what} must be a JSON object", param)
+    check_json(value, param)
     return value
 
 
@@ -107,7 +124,7 @@ def check_json(value: Any, param: str, depth: int = 0) -> None:
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_text(key, param)
-            check_json(item, f"{param}.{key}", depth + 1)
+            check_json(item, f"{param}.{key}" if param else key, depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             check_json(item, f"{param}[{index}]", depth + 1)
@@ -120,5 +137,9 @@ def _check_text(text: str, param: str) -> None:
         raise Refused(f"'{param}' holds a lone surrogate, which is not valid Unicode", param) from None
 
 
+class _ConstantError(ValueError):
+    """NaN, Infinity or -Infinity, which Python's parser accepts and JSON does not."""
+
+
 def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
+    raise _ConstantError(f"{name} is not a JSON number")

@@ -6,15 +6,17 @@ parsed here once, only to refuse what is not a JSON object before it costs an up
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from audiochat.v1 import audiochat_pb2 as pb
 from service.errors import InvalidInput, WrongState
+from service.pass_through import parse_json_object
 
 MAX_TOOLS = 128  # OpenAI's own limit per request
+# One function's JSON Schema; far above real schemas, well under the gRPC message limit.
+MAX_SCHEMA_BYTES = 256 * 1024
 
 _CHOICE_MODES = {
     pb.TOOL_CHOICE_MODE_AUTO: "auto",
@@ -38,10 +40,6 @@ class ToolEntry:
 
     tool_call_id: str
     content: str
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def tool_params(config: pb.TurnConfig) -> dict[str, Any]:
@@ -73,17 +71,12 @@ def tool_params(config: pb.TurnConfig) -> dict[str, Any]:
         if function.description:
             spec["description"] = function.description
         if function.parameters_json:
-            try:
-                schema = json.loads(function.parameters_json, parse_constant=_reject_constant)
-            except ValueError as exc:
-                raise InvalidInput(
-                    f"{where}.parameters_json is not valid JSON: {exc}", f"config.{where}.parameters_json"
-                ) from None
-            if not isinstance(schema, dict):
-                raise InvalidInput(
-                    f"{where}.parameters_json must be a JSON object (a JSON Schema)",
-                    f"config.{where}.parameters_json",
-                )
+            schema = parse_json_object(
+                function.parameters_json,
+                f"config.{where}.parameters_json",
+                f"{where}.parameters_json",
+                MAX_SCHEMA_BYTES,
+            )
             spec["parameters"] = schema
         if function.HasField("strict"):
             spec["strict"] = function.strict

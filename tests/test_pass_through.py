@@ -15,6 +15,7 @@ import openai
 import pytest
 from websockets.asyncio.client import connect
 
+from audiochat.v1 import audiochat_pb2 as pb
 from tests.conftest import RunningService
 from tests.edge_fixtures import RunningEdge
 from tests.events import text_request
@@ -188,6 +189,9 @@ async def test_grpc_typed_temperature_reaches_the_upstream_as_the_client_wrote_i
         ('{"seed": NaN}', "config.extra_body"),
         ("{not json", "config.extra_body"),
         ('{"a":' * 100 + "1" + "}" * 100, "config.extra_body"),
+        ('{"a":' + "[" * 3000 + "]" * 3000 + "}", "config.extra_body"),  # past Python's recursion limit
+        ('{"seed": ' + "9" * 5000 + "}", "config.extra_body"),  # past Python's int digits limit
+        ('{"user": "\\udfff"}', "config.extra_body.user"),  # a lone surrogate, escaped as JSON allows
     ],
 )
 async def test_grpc_extra_body_refused_by_name(
@@ -200,7 +204,34 @@ async def test_grpc_extra_body_refused_by_name(
         async for _ in service.stub.StreamTurn(request):
             pass
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert field.rpartition(".")[2] in (caught.value.details() or "")
+    details = caught.value.details() or ""
+    assert field.rpartition(".")[2] in details
+    assert not any(internal in details for internal in ("recursion", "sys.", "Error")), details
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("schema", "why"),
+    [
+        ('{"type": "object", "description": "\\udfff"}', "lone surrogate"),
+        ('{"type": "object", "x": ' + "[" * 3000 + "]" * 3000 + "}", "nested deeper"),
+        ('{"type": "object", "maximum": ' + "9" * 5000 + "}", "too many digits"),
+        ('{"type": "object", "maximum": Infinity}', "Infinity"),
+    ],
+)
+async def test_grpc_tool_schema_that_json_cannot_carry_is_refused_by_name(
+    service: RunningService, upstream: FixtureUpstream, schema: str, why: str
+) -> None:
+    # The schema is parsed here and forwarded as JSON: what cannot be written back out must be refused
+    # before the upstream request is built, not fail inside the SDK as INTERNAL.
+    request = text_request(MODEL)
+    request.config.tools.add().function.CopyFrom(pb.FunctionTool(name="f", parameters_json=schema))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in service.stub.StreamTurn(request):
+            pass
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    details = caught.value.details() or ""
+    assert "parameters_json" in details and why in details, details
     assert upstream.requests == []
 
 
