@@ -4,18 +4,22 @@ class of bad input (wrong types, non-finite or out-of-range numbers, lone surrog
 gets one clear 400 / close 1007 naming the field instead of a crash deep inside. The translators
 (turn_request, compat_request, websocket) then read values whose types are known.
 
-Fields not declared here are allowed and left to the translators: the edge protocols grow (tools, turn
-detection), and the OpenAI-compatible route forwards parameters it does not know.
+Every field a translator reads is declared here; a field that is not is refused by name (nothing a client
+sends is dropped without a word). Fields whose shape a translator checks itself (tools, turn detection,
+output audio) are declared as `Any`. Two exceptions: the OpenAI-compatible body's top level forwards what it
+does not know to the upstream, and an unknown field sent as null or empty carries nothing to lose (SDKs echo
+`"refusal": null` or `"annotations": []` in an assistant message), so it passes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 from typing import Annotated, Any, Literal, NoReturn
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapters.status import EdgeError, bad_request
 
@@ -48,7 +52,14 @@ Timestamp = Annotated[int, Field(strict=True, ge=0, le=2**62)]
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=False)
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_unknown_fields_pass(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k in cls.model_fields or v not in (None, [], {})}
+        return data
 
 
 class AudioBody(_Message):
@@ -68,6 +79,9 @@ class HistoryEntry(_Message):
     audio: AudioBody | None = None
     audio_id: Text | None = None
     audio_expires_at: Timestamp | None = None
+    tool_calls: Any = None
+    tool_call_id: Any = None
+    content: Any = None
 
 
 class TurnSettingsBody(_Message):
@@ -81,6 +95,10 @@ class TurnSettingsBody(_Message):
     temperature: Number | None = None
     history: list[HistoryEntry] | None = None
     extra_body: dict[str, Any] | Text | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    output_audio: Any = None
 
 
 class TurnBody(TurnSettingsBody):
@@ -102,6 +120,7 @@ class ConfigMessage(TurnSettingsBody):
 
     type: Literal["config"]
     input_audio: InputAudioFormat | None = None
+    turn_detection: Any = None
 
 
 class TextMessage(_Message):
@@ -143,6 +162,7 @@ class BareMessage(_Message):
     """WebSocket messages with no fields of their own (`clear_audio`, `auth`)."""
 
     type: Literal["clear_audio", "auth"]
+    token: Text | None = None
 
 
 WEBSOCKET_MESSAGES: dict[str, type[_Message]] = {
@@ -191,10 +211,14 @@ class ChatMessage(_Message):
     role: Text
     content: Text | list[ContentPart] | None = None
     audio: AudioReference | None = None
+    tool_calls: Any = None
+    tool_call_id: Any = None
 
 
 class ChatCompletionBody(_Message):
     """`POST /v1/chat/completions`: the parameters the route reads itself; everything else is forwarded."""
+
+    model_config = ConfigDict(extra="allow", strict=False)
 
     model: Text
     messages: list[ChatMessage]
@@ -222,8 +246,12 @@ def parse_json(text: str | bytes) -> Any:
         value = json.loads(text)
     except RecursionError:
         raise SchemaError(bad_request(f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels")) from None
-    except ValueError as exc:  # also a number of more than 4300 digits, and bad UTF-8
+    except json.JSONDecodeError as exc:
         raise SchemaError(bad_request(f"the body is not valid JSON: {exc}")) from None
+    except ValueError:  # int() past Python's digit limit, or bytes that are not UTF-8
+        raise SchemaError(
+            bad_request("the body is not valid JSON: bad UTF-8, or a number with too many digits")
+        ) from None
     _check_values(value)
     return value
 
@@ -264,12 +292,20 @@ def validate(schema: type[_Message], value: Any) -> Any:
     try:
         return schema.model_validate(value)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
+        # Of a union's errors, the deepest names the field at fault (not "content is not a string").
+        first = max(exc.errors(include_url=False, include_input=False), key=lambda error: len(error["loc"]))
         field = field_path(first["loc"])
-        message = f"'{field}': {first['msg']}" if field else str(first["msg"])
+        if first["type"] == "extra_forbidden":
+            hint = "" if schema is ChatCompletionBody else "; upstream parameters go in extra_body"
+            message = f"'{field}' is not a field audiochat knows here, so it would not reach the model{hint}"
+        else:
+            # pydantic names our classes ("... or instance of HistoryEntry"): not the client's vocabulary.
+            why = _CLASS_NAME.sub("", str(first["msg"]))
+            message = f"'{field}': {why}" if field else why
         raise SchemaError(replace(bad_request(message), param=field or None)) from None
 
 
+_CLASS_NAME = re.compile(r" or instance of \w+")
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "json"})
 
 

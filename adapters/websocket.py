@@ -187,6 +187,8 @@ class Session:
             raise ClientFault(bad_request("text frames must be JSON objects"))
         kind = body.get("type")
         schema = WEBSOCKET_MESSAGES.get(kind) if isinstance(kind, str) else None
+        if kind is None:
+            raise ClientFault(bad_request("a message needs a 'type'"))
         if schema is None:
             raise ClientFault(bad_request(f"unknown message type {str(kind)[:64]!r}"))
         try:

@@ -33,15 +33,16 @@ OWNED: dict[str, str] = {
     "parallel_tool_calls": "set TurnConfig.parallel_tool_calls",
 }
 
-# What the model would act on while the gateway drops what it sends back. `None` values are the
-# harmless default that may pass (n: 1, logprobs: false).
-NOT_RELAYED: dict[str, tuple[str, object]] = {
-    "n": ("only one choice is relayed; send n: 1 or leave it out", 1),
-    "logprobs": ("log probabilities are not relayed", False),
-    "top_logprobs": ("log probabilities are not relayed", None),
-    "functions": ("legacy function calling is not relayed", None),
-    "function_call": ("legacy function calling is not relayed", None),
-    "web_search_options": ("web search annotations are not relayed", None),
+# What the model would act on while the gateway drops what it sends back, with the values that ask for
+# nothing and so may pass: JSON null (the default, as if left out) and the default itself (n: 1,
+# logprobs: false, top_logprobs: 0).
+NOT_RELAYED: dict[str, tuple[str, tuple[object, ...]]] = {
+    "n": ("only one choice is relayed; send n: 1 or leave it out", (1,)),
+    "logprobs": ("log probabilities are not relayed", (False,)),
+    "top_logprobs": ("log probabilities are not relayed", (0,)),
+    "functions": ("legacy function calling is not relayed", ()),
+    "function_call": ("legacy function calling is not relayed", ()),
+    "web_search_options": ("web search annotations are not relayed", ()),
 }
 
 # Parameters a typed TurnConfig field also sets: one source per value.
@@ -65,8 +66,9 @@ def refusal(name: str, value: object) -> str | None:
     if name in OWNED:
         return f"'{name}' is set by the gateway: {OWNED[name]}"
     if name in NOT_RELAYED:
-        reason, harmless = NOT_RELAYED[name]
-        if harmless is None or value != harmless or type(value) is not type(harmless):
+        reason, defaults = NOT_RELAYED[name]
+        # type() too: True == 1 in Python, and n: true is no default.
+        if value is not None and not any(type(value) is type(d) and value == d for d in defaults):
             return f"'{name}' is not supported by this gateway: {reason}"
     return None
 

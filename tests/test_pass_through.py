@@ -258,3 +258,83 @@ async def test_sse_extra_body_refused_by_name(edge: RunningEdge, upstream: Fixtu
     assert response.status_code == 400
     assert "'n'" in response.json()["error"]["message"]
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"top_k": 3}, "top_k"),
+        ({"history": [{"role": "user", "text": "a", "name": "bob"}]}, "history[0].name"),
+        ({"audio": {"data": "", "format": "wav", "speed": 2}}, "audio.speed"),
+    ],
+)
+async def test_sse_refuses_a_field_it_would_drop_by_name(
+    edge: RunningEdge, upstream: FixtureUpstream, body: dict[str, Any], param: str
+) -> None:
+    # Nothing a client sends is dropped without a word: it reaches the model or is refused by name.
+    async with httpx.AsyncClient(base_url=edge.base_url) as client:
+        response = await client.post("/v1/turns", json={"text": "Hi", "model": MODEL, **body})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and "extra_body" in error["message"]
+    assert upstream.requests == []
+
+
+async def test_websocket_refuses_a_config_field_it_would_drop_by_name(
+    edge: RunningEdge, upstream: FixtureUpstream
+) -> None:
+    async with connect(edge.ws_url, subprotocols=["audiochat.v1"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "config", "model": MODEL, "seed": 7}))
+        frame = json.loads(await ws.recv())
+        assert frame["type"] == "error" and "'seed'" in frame["message"], frame
+        await ws.wait_closed()
+    assert ws.close_code == 1007
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"messages": [{"role": "user", "content": "Hi", "name": "bob"}]}, "messages[0].name"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": {}}]}
+                ]
+            },
+            None,  # an empty object asks for nothing: it passes
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi", "x": {"k": 1}}]}]},
+            "messages[0].content[0].x",
+        ),
+        ({"audio": {**AUDIO, "speed": 2}}, "audio.speed"),
+    ],
+)
+async def test_compat_refuses_a_nested_field_it_would_drop_by_name(
+    edge: RunningEdge, upstream: FixtureUpstream, change: dict[str, Any], param: str | None
+) -> None:
+    body = {"model": MODEL, "messages": QUESTION, "modalities": ["text", "audio"], "audio": AUDIO, **change}
+    async with httpx.AsyncClient(base_url=edge.base_url) as client:
+        response = await client.post("/v1/chat/completions", json=body)
+    if param is None:
+        assert response.status_code == 200, response.text
+        return
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert upstream.requests == []
+
+
+async def test_compat_passes_defaults_and_empty_echoes(edge: RunningEdge, upstream: FixtureUpstream) -> None:
+    # null and the default values ask for nothing the gateway cannot relay; SDKs echo an earlier answer
+    # with "refusal": null and "annotations": [], which carry nothing to lose.
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello.", "refusal": None, "annotations": []},
+        {"role": "user", "content": "Again"},
+    ]
+    defaults = {"n": None, "logprobs": None, "top_logprobs": 0, "functions": None}
+    client = openai.AsyncOpenAI(base_url=f"{edge.base_url}/v1", api_key="sk-x", max_retries=0)
+    await client.chat.completions.create(model=TEXT_MODEL, messages=messages, extra_body=defaults)  # type: ignore[arg-type]
+    await client.close()
+    assert {name: upstream.requests[-1][name] for name in defaults} == defaults
