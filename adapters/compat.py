@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -56,6 +57,28 @@ _FINISH_REASONS = {
 MODELS_DEADLINE_SECONDS = 15.0
 
 
+def compat_error(exc: grpc.aio.AioRpcError) -> EdgeError:
+    """The core's status in this route's terms: the field it names is the core's (`config.tool_choice`,
+    `history`), so it is renamed to what this client sent (`tool_choice`, `messages`). An upstream's own
+    `param` is left as the upstream wrote it."""
+    error = from_rpc_error(exc)
+    if error.upstream is not None or not error.param:
+        return error
+    return replace(error, param=compat_param(error.param))
+
+
+def compat_param(field: str) -> str:
+    """`config.extra_body.seed` -> `seed`, `config.tools[0].function.parameters_json` ->
+    `tools[0].function.parameters`, `history[2]...` / `input...` -> `messages` (the route builds both
+    from it)."""
+    for prefix in ("config.extra_body.", "config."):
+        if field.startswith(prefix):
+            return field.removeprefix(prefix).replace(".parameters_json", ".parameters")
+    if field.startswith(("history", "input")):
+        return "messages"
+    return field
+
+
 def error_response(error: EdgeError, param: str | None = None) -> JSONResponse:
     """OpenAI's error shape and status: the SDKs raise their usual exceptions and honour retry-after-ms."""
     body = error.openai_body()
@@ -82,7 +105,7 @@ async def chat_completions(request: Request) -> Response:
     try:
         first = await call.read()
     except grpc.aio.AioRpcError as exc:
-        return error_response(from_rpc_error(exc))
+        return error_response(compat_error(exc))
     except asyncio.CancelledError:
         call.cancel()
         raise
@@ -141,7 +164,7 @@ async def list_models(request: Request) -> Response:
             timeout=MODELS_DEADLINE_SECONDS,
         )
     except grpc.aio.AioRpcError as exc:
-        return error_response(from_rpc_error(exc))
+        return error_response(compat_error(exc))
     data = []
     for model in answer.models:
         entry: wire.Json = {"id": model.id, "object": "model"}
@@ -218,7 +241,7 @@ async def _stream(
                             return  # like the upstream: an error frame, then the stream ends without [DONE]
             yield wire.SSE_DONE
         except grpc.aio.AioRpcError as exc:
-            yield _error_chunk(from_rpc_error(exc))
+            yield _error_chunk(compat_error(exc))
             yield wire.SSE_DONE
         except asyncio.CancelledError:
             if not cut_by_the_edge(call):
@@ -279,7 +302,7 @@ async def _whole(call: Any, parsed: CompatRequest, ident: wire.StreamIdentity) -
             elif kind == "completed":
                 done = event.completed
     except grpc.aio.AioRpcError as exc:
-        return error_response(from_rpc_error(exc))
+        return error_response(compat_error(exc))
     except asyncio.CancelledError:
         if not cut_by_the_edge(call):
             raise

@@ -338,3 +338,42 @@ async def test_compat_passes_defaults_and_empty_echoes(edge: RunningEdge, upstre
     await client.chat.completions.create(model=TEXT_MODEL, messages=messages, extra_body=defaults)  # type: ignore[arg-type]
     await client.close()
     assert {name: upstream.requests[-1][name] for name in defaults} == defaults
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"tool_choice": "required"}, "tool_choice"),  # no tools: the core names config.tool_choice
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": f"call_{n}",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": "{}"},
+                            }
+                            for n in (1, 2)
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "call_1", "content": "ok"},
+                ],
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+            },
+            "messages",  # one call has no result: the core names its history
+        ),
+    ],
+)
+async def test_compat_names_the_core_refusals_in_its_own_terms(
+    edge: RunningEdge, upstream: FixtureUpstream, change: dict[str, Any], param: str
+) -> None:
+    body = {"model": TEXT_MODEL, "messages": QUESTION, **change}
+    async with httpx.AsyncClient(base_url=edge.base_url) as client:
+        response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert upstream.requests == []
