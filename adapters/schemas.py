@@ -14,7 +14,6 @@ does not know to the upstream, and an unknown field sent as null or empty carrie
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import replace
 from typing import Annotated, Any, Literal, NoReturn
@@ -22,6 +21,7 @@ from typing import Annotated, Any, Literal, NoReturn
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapters.status import EdgeError, bad_request
+from service.pass_through import json_problem
 
 UINT32_MAX = 2**32 - 1
 # Nesting deeper than this is no message of ours; the limit keeps parsing off Python's recursion limit.
@@ -252,34 +252,10 @@ def parse_json(text: str | bytes) -> Any:
         raise SchemaError(
             bad_request("the body is not valid JSON: bad UTF-8, or a number with too many digits")
         ) from None
-    _check_values(value)
+    problem = json_problem(value, "", MAX_JSON_DEPTH - 1)
+    if problem is not None:
+        _refuse(*problem)
     return value
-
-
-def _check_values(root: Any) -> None:
-    """Walk the parsed JSON (iteratively: no recursion limit to hit) for what no message of ours may hold."""
-    pending: list[tuple[Any, str, int]] = [(root, "", 1)]
-    while pending:
-        value, path, depth = pending.pop()
-        if depth > MAX_JSON_DEPTH:
-            _refuse(path, f"is nested deeper than {MAX_JSON_DEPTH} levels")
-        if isinstance(value, float) and not math.isfinite(value):
-            _refuse(path, "must be a finite number (NaN and Infinity are not JSON)")
-        elif isinstance(value, str):
-            _check_text(value, path)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                _check_text(key, path)
-                pending.append((item, f"{path}.{key}" if path else key, depth + 1))
-        elif isinstance(value, list):
-            pending.extend((item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value))
-
-
-def _check_text(text: str, path: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        _refuse(path, "holds a lone surrogate, which is not valid Unicode")
 
 
 def _refuse(path: str, why: str) -> NoReturn:

@@ -115,28 +115,49 @@ def check_params(params: Mapping[str, Any], prefix: str, typed: Collection[str] 
             raise Refused(reason, param)
 
 
-def check_json(value: Any, param: str, depth: int = 0) -> None:
+def check_json(value: Any, param: str) -> None:
     """Refuse what JSON cannot carry to the upstream: too deep, non-finite numbers, lone surrogates."""
-    if depth > MAX_JSON_DEPTH:
-        raise Refused(f"'{param}' is nested deeper than {MAX_JSON_DEPTH} levels", param)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise Refused(f"'{param}' must be a finite number", param)
-    if isinstance(value, str):
-        _check_text(value, param)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(key, param)
-            check_json(item, f"{param}.{key}" if param else key, depth + 1)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            check_json(item, f"{param}[{index}]", depth + 1)
+    problem = json_problem(value, param, MAX_JSON_DEPTH)
+    if problem is not None:
+        path, why = problem
+        raise Refused(f"'{path}' {why}" if path else f"the JSON {why}", path)
 
 
-def _check_text(text: str, param: str) -> None:
+def json_problem(root: Any, root_path: str, max_depth: int) -> tuple[str, str] | None:
+    """The first place in parsed JSON that no request may hold, as (path, why), or None.
+
+    Deeper than `max_depth`, a NaN or Infinity (Python's parser takes them, JSON has none), or a lone
+    surrogate in a string or key (not encodable as UTF-8). Walked iteratively, so no depth reaches
+    Python's recursion limit. Paths read the way OpenAI names params: `metadata.k`, `history[0].text`.
+    """
+    pending: list[tuple[Any, str, int]] = [(root, root_path, 0)]
+    while pending:
+        value, path, depth = pending.pop()
+        if depth > max_depth:
+            return path, f"is nested deeper than {max_depth} levels"
+        if isinstance(value, float) and not math.isfinite(value):
+            return path, "must be a finite number (NaN and Infinity are not JSON)"
+        if isinstance(value, str) and not _encodable(value):
+            return path, _LONE_SURROGATE
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not _encodable(key):
+                    return path, _LONE_SURROGATE
+                pending.append((item, f"{path}.{key}" if path else key, depth + 1))
+        elif isinstance(value, list):
+            pending.extend((item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value))
+    return None
+
+
+_LONE_SURROGATE = "holds a lone surrogate, which is not valid Unicode"
+
+
+def _encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise Refused(f"'{param}' holds a lone surrogate, which is not valid Unicode", param) from None
+        return False
+    return True
 
 
 class _ConstantError(ValueError):
