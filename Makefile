@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
 CHROMIUM := /usr/bin/chromium
+REDIS_SERVER := /usr/bin/redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint lock proto bench bench-peers profile vad-eval soak fuzz clean
+.PHONY: system-packages run test lint lock proto bench bench-peers profile vad-eval soak fuzz clean
 
 # uv installs exactly what uv.lock pins (hashes checked), the same set the container image installs.
 # It lives in its own small virtualenv inside .venv, so syncing .venv never removes it. Its version must
@@ -48,11 +49,19 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/mypy
 	$(BIN)/buf lint
 
-$(CHROMIUM):
-	$(SUDO) apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+# System packages the tests drive: Debian's Chromium (browser tests) and redis-server (the Redis state
+# store's tests start their own on a free loopback port). Installed once, together, only when one is missing.
+system-packages:
+	@missing=""; \
+	[ -x $(CHROMIUM) ] || missing="$$missing chromium"; \
+	[ -x $(REDIS_SERVER) ] || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (Debian)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
 
-test: $(VENV)/.installed-dev $(CHROMIUM) lint
+test: $(VENV)/.installed-dev system-packages lint
 	$(BIN)/pytest
 
 # Load over every transport against a paced simulator, beside a no-logic relay, in one run (about an hour;

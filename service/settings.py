@@ -67,6 +67,12 @@ class Settings:
     sse_orphan_seconds: float = 10.0
     # What one SSE turn may hold unread (or read but resumable) before its reading from the core waits.
     sse_turn_buffer_bytes: int = 8 * 1024 * 1024
+    # Shared state across replicas (service/redis_client.py): empty keeps it in this process's memory.
+    redis_url: str = field(default="", repr=False)  # redis:// or rediss://, may hold a password
+    redis_timeout_seconds: float = 1.0  # connect, and each command's reply
+    # When Redis cannot be reached: "continue" serves turns without shared state (no cross-pod resume),
+    # "fail" refuses new turns UNAVAILABLE until it is back.
+    redis_unavailable: str = "continue"
 
     @property
     def upstream_kind(self) -> str:
@@ -132,6 +138,14 @@ class Settings:
             )
         if self.keepalive_timeout_seconds <= 0:
             raise ValueError("AUDIOCHAT_KEEPALIVE_TIMEOUT_SECONDS must be positive")
+        if self.redis_unavailable not in ("continue", "fail"):
+            raise ValueError(
+                f"AUDIOCHAT_REDIS_UNAVAILABLE must be continue or fail, not {self.redis_unavailable!r}"
+            )
+        if self.redis_timeout_seconds <= 0:
+            raise ValueError("AUDIOCHAT_REDIS_TIMEOUT_SECONDS must be positive")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("AUDIOCHAT_REDIS_URL must start with redis://, rediss:// or unix://")
         if self.role not in ("all", "core", "edge"):
             raise ValueError(f"AUDIOCHAT_ROLE must be all, core or edge, not {self.role!r}")
         if self.role == "edge" and not self.core_target:
