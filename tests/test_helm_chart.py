@@ -20,6 +20,8 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kube_schemas  # type: ignore[import-untyped]
 
+from service.settings import ENVIRONMENT
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART_DIR = ROOT / "helm" / "audiochat"
 RELEASE = "talk"
@@ -29,6 +31,7 @@ KUBE_VERSIONS = ("1.27.0", "1.37.0")
 # Custom resources without a schema in kubernetes-validate; anything else unknown is a failure.
 CRD_KINDS = {"ServiceMonitor"}
 INLINE_OPENAI_KEY = "sk-test-not-a-real-key"
+MIB = 1024 * 1024
 
 Manifest = dict[str, Any]
 VALUE_FILES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
@@ -89,17 +92,25 @@ class Rendering:
     def deployments(self) -> list[Manifest]:
         return self.of_kind("Deployment")
 
+    def workloads(self) -> list[Manifest]:
+        """Everything that runs pods: the Deployments and the in-chart Redis' StatefulSet."""
+        return [*self.deployments(), *self.of_kind("StatefulSet")]
+
+    def workload(self, name: str) -> Manifest:
+        [found] = [item for item in self.workloads() if item["metadata"]["name"] == name]
+        return found
+
     def hook_pods(self) -> list[Manifest]:
         return [
             pod for pod in self.of_kind("Pod") if pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
         ]
 
     def pods_selected_by(self, selector: dict[str, str]) -> list[str]:
-        """Names of the Deployments whose pods the label selector picks."""
+        """Names of the workloads whose pods the label selector picks."""
         return [
-            deployment["metadata"]["name"]
-            for deployment in self.deployments()
-            if selector.items() <= pod_labels(deployment).items()
+            workload["metadata"]["name"]
+            for workload in self.workloads()
+            if selector.items() <= pod_labels(workload).items()
         ]
 
 
@@ -108,9 +119,13 @@ def pod_labels(deployment: Manifest) -> dict[str, str]:
     return labels
 
 
+def pod_spec(workload: Manifest) -> Manifest:
+    spec: Manifest = workload["spec"] if workload["kind"] == "Pod" else workload["spec"]["template"]["spec"]
+    return spec
+
+
 def container(workload: Manifest) -> Manifest:
-    spec = workload["spec"]["template"]["spec"] if workload["kind"] == "Deployment" else workload["spec"]
-    [only] = spec["containers"]
+    [only] = pod_spec(workload)["containers"]
     return dict(only)
 
 
@@ -160,6 +175,25 @@ BAD_VALUES = {
     "negative drain": ({"drain": {"graceSeconds": -1}}, "/drain/graceSeconds"),
     "comma inside an API key": ({"edge": {"apiKeys": ["a,b"]}}, "/edge/apiKeys/0"),
     "bad PDB percentage": ({"core": {"pdb": {"maxUnavailable": "half"}}}, "/core/pdb/maxUnavailable"),
+    # The core enforces the turn-audio limit; on the edge it had no effect, so the schema no longer takes it.
+    "turn-audio limit on the edge": (
+        {"edge": {"maxTurnAudioSeconds": 60}},
+        "additional properties 'maxTurnAudioSeconds'",
+    ),
+    "memory headroom in MB": ({"edge": {"memoryHeadroom": "256MB"}}, "/edge/memoryHeadroom"),
+    "unknown Redis mode": ({"redis": {"mode": "redis"}}, "/redis/mode"),
+    "typo inside the Redis": (
+        {"redis": {"internal": {"persistance": {"enabled": True}}}},
+        "additional properties 'persistance'",
+    ),
+    "Redis URL without a scheme": (
+        {"redis": {"external": {"url": "redis.example:6379"}}},
+        "/redis/external/url",
+    ),
+    "Redis password that breaks its URL": (
+        {"redis": {"internal": {"password": "p@ss:word"}}},
+        "/redis/internal/password",
+    ),
 }
 
 
@@ -190,6 +224,36 @@ def test_bad_values_are_rejected(
         (
             {"core": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}},
             "core.autoscaling needs a CPU target",
+        ),
+        (
+            {"edge": {"resumeBufferBytes": 300 * MIB}},
+            "edge.resumeBufferBytes (314572800) + edge.memoryHeadroom (256Mi) exceed "
+            "edge.resources.limits.memory (512Mi)",
+        ),
+        (
+            {"edge": {"resources": {"limits": {"memory": "200Mi"}}}},
+            "edge.resources.limits.memory (200Mi) leaves nothing for resume buffers",
+        ),
+        (
+            {"edge": {"resources": {"limits": {"memory": "1e9"}}}},
+            'edge.resources.limits.memory: cannot read "1e9"',
+        ),
+        ({"redis": {"mode": "external"}}, "redis.mode=external needs redis.external.existingSecret"),
+        (
+            {"redis": {"mode": "external", "external": {"url": "redis://r:6379/0", "existingSecret": "s"}}},
+            "redis.external.url or redis.external.existingSecret, not both",
+        ),
+        (
+            {"redis": {"external": {"url": "redis://r:6379/0"}}},
+            'redis.external.* is set but redis.mode is "none"',
+        ),
+        (
+            {"redis": {"mode": "internal", "internal": {"maxMemory": "200Mi"}}},
+            "redis.internal.maxMemory (200Mi) is over 3/4 of redis.internal.resources.limits.memory (192Mi)",
+        ),
+        (
+            {"redis": {"mode": "internal", "internal": {"resources": {"limits": {"memory": None}}}}},
+            "redis.internal.resources.limits.memory is required",
         ),
     ],
 )
@@ -291,20 +355,19 @@ def test_objects_live_in_the_release_namespace(manifests: Rendering) -> None:
 # --- Wiring: selectors, ports, the edge's way to the core -----------------------------------------
 
 
-def test_each_deployment_selects_its_own_pods_only(manifests: Rendering) -> None:
-    for deployment in manifests.deployments():
-        selector = deployment["spec"]["selector"]["matchLabels"]
-        assert manifests.pods_selected_by(selector) == [deployment["metadata"]["name"]]
+def test_each_workload_selects_its_own_pods_only(manifests: Rendering) -> None:
+    for workload in manifests.workloads():
+        selector = workload["spec"]["selector"]["matchLabels"]
+        assert manifests.pods_selected_by(selector) == [workload["metadata"]["name"]]
 
 
 def test_services_select_their_component_and_target_named_container_ports(manifests: Rendering) -> None:
     for service in manifests.of_kind("Service"):
-        [deployment] = [
-            manifests.one("Deployment", name)
-            for name in manifests.pods_selected_by(service["spec"]["selector"])
+        [workload] = [
+            manifests.workload(name) for name in manifests.pods_selected_by(service["spec"]["selector"])
         ]
-        assert component(deployment) == component(service)
-        container_ports = {port["name"]: port["containerPort"] for port in container(deployment)["ports"]}
+        assert component(workload) == component(service)
+        container_ports = {port["name"]: port["containerPort"] for port in container(workload)["ports"]}
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in container_ports
 
@@ -421,8 +484,8 @@ def test_max_connection_age_is_on_by_default_and_settable(
 
 
 def test_pods_run_locked_down(manifests: Rendering) -> None:
-    for workload in [*manifests.deployments(), *manifests.hook_pods()]:
-        pod = workload["spec"]["template"]["spec"] if workload["kind"] == "Deployment" else workload["spec"]
+    for workload in [*manifests.workloads(), *manifests.hook_pods()]:
+        pod = pod_spec(workload)
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False
@@ -482,6 +545,14 @@ def test_existing_secrets_are_referenced_and_none_is_created(
     edge_keys = secret_reference(workload_named(manifests, "edge"), "AUDIOCHAT_API_KEYS")
     assert edge_keys == ("audiochat-edge-keys", "keys")
     assert manifests.of_kind("Secret") == []
+
+
+def test_every_variable_set_is_one_the_application_reads(manifests: Rendering) -> None:
+    # A misspelt or retired AUDIOCHAT_* name would be ignored by the pods, and the value silently lost.
+    known = set(ENVIRONMENT.values())
+    for deployment in manifests.deployments():
+        ours = {name for name in env(deployment) if name.startswith(("AUDIOCHAT_", "OPENAI_"))}
+        assert ours - {"EXTRA"} <= known, component(deployment)
 
 
 def test_without_a_key_there_is_no_secret(render: Callable[[dict[str, Any]], dict[str, str]]) -> None:
@@ -593,13 +664,14 @@ def test_tuned_values_reach_the_pods(render: Callable[[dict[str, Any]], dict[str
         "AUDIOCHAT_DRAIN_SECONDS": "120",
         "AUDIOCHAT_MAX_CONNECTION_AGE_SECONDS": "900",
         "AUDIOCHAT_UPSTREAM_TIMEOUT_SECONDS": "90",
+        "AUDIOCHAT_MAX_TURN_AUDIO_SECONDS": "120",
         "EXTRA": "1",
     }
     expected_edge = {
         "AUDIOCHAT_MAX_BODY_BYTES": "10485760",
-        "AUDIOCHAT_MAX_TURN_AUDIO_SECONDS": "120",
         "AUDIOCHAT_RESUME_SECONDS": "30",
         "AUDIOCHAT_RESUME_BUFFER_BYTES": "4194304",
+        "AUDIOCHAT_SSE_TURN_BUFFER_BYTES": "1048576",
         "AUDIOCHAT_HTTP_PORT": "9000",
     }
     assert {name: core[name]["value"] for name in expected_core} == expected_core
@@ -619,3 +691,191 @@ def test_notes_tell_how_to_reach_both_services(render: Callable[[dict[str, Any]]
     assert f"port-forward svc/{RELEASE}-audiochat-edge 8080:8080" in notes
     assert "http://audiochat.example.com/" in notes
     assert f"helm test {RELEASE}" in notes
+
+
+# --- Limits sized consistently ---------------------------------------------------------------------
+
+QUANTITY_FACTORS = {"": 1, "Ki": 1024, "Mi": MIB, "Gi": 1024 * MIB, "k": 1000, "M": 1000**2, "G": 1000**3}
+
+
+def quantity_bytes(quantity: str | int) -> int:
+    """A Kubernetes memory quantity in bytes, read independently of the chart's own helper."""
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(quantity))
+    assert match, quantity
+    return int(float(match.group(1)) * QUANTITY_FACTORS[match.group(2)])
+
+
+def test_turn_audio_limit_goes_to_the_core_that_enforces_it(
+    render: Callable[[dict[str, Any]], dict[str, str]],
+) -> None:
+    manifests = Rendering(objects(render({"core": {"maxTurnAudioSeconds": 45}})))
+    assert env(workload_named(manifests, "core"))["AUDIOCHAT_MAX_TURN_AUDIO_SECONDS"]["value"] == "45"
+    assert "AUDIOCHAT_MAX_TURN_AUDIO_SECONDS" not in env(workload_named(manifests, "edge"))
+    # The reason it moved: the edge relays audio and never reads the setting; the core's decoder does.
+    edge_code = "".join(path.read_text() for path in (ROOT / "adapters").glob("*.py"))
+    assert "max_turn_audio_seconds" not in edge_code
+    assert "max_turn_audio_seconds" in (ROOT / "service" / "turn_input.py").read_text()
+
+
+def test_resume_buffers_fit_under_the_edge_memory_limit(chart: helm.Chart, manifests: Rendering) -> None:
+    for deployment in manifests.deployments():
+        if component(deployment) != "edge":
+            continue
+        limit = quantity_bytes(container(deployment)["resources"]["limits"]["memory"])
+        cap = int(env(deployment)["AUDIOCHAT_RESUME_BUFFER_BYTES"]["value"])
+        headroom = quantity_bytes(chart.values["edge"]["memoryHeadroom"])
+        assert 0 < cap <= limit - headroom
+
+
+@pytest.mark.parametrize(
+    ("edge", "cap"),
+    [
+        ({}, 256 * MIB),  # the application's own default, now with room around it
+        ({"resources": {"limits": {"memory": "1Gi"}}}, 768 * MIB),
+        ({"resources": {"limits": {"memory": "0.75Gi"}}, "memoryHeadroom": "128Mi"}, 640 * MIB),
+        ({"resources": {"limits": {"memory": "600M"}}}, 600_000_000 - 256 * MIB),
+        ({"resumeBufferBytes": 64 * MIB}, 64 * MIB),
+        ({"resources": {"limits": {"memory": None}}}, None),  # no limit: the application's default
+    ],
+)
+def test_resume_cap_is_derived_from_the_memory_limit(
+    render: Callable[[dict[str, Any]], dict[str, str]], edge: dict[str, Any], cap: int | None
+) -> None:
+    manifests = Rendering(objects(render({"edge": edge})))
+    found = env(workload_named(manifests, "edge")).get("AUDIOCHAT_RESUME_BUFFER_BYTES")
+    assert (found and int(found["value"])) == cap
+
+
+# --- The shared store: Redis ----------------------------------------------------------------------
+
+
+def redis_url_source(manifests: Rendering) -> tuple[str, str]:
+    """The Secret and key both workloads read AUDIOCHAT_REDIS_URL from (the same for both)."""
+    sources = {secret_reference(deployment, "AUDIOCHAT_REDIS_URL") for deployment in manifests.deployments()}
+    [source] = sources
+    assert source is not None
+    return source
+
+
+def secret_data(secret: Manifest) -> dict[str, str]:
+    return {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+
+
+def test_without_a_store_nothing_redis_renders(render: Callable[[dict[str, Any]], dict[str, str]]) -> None:
+    rendered = render({})
+    manifests = Rendering(objects(rendered))
+    assert [item for item in manifests.items if "redis" in item["metadata"]["name"]] == []
+    assert "No shared store (redis.mode=none)" in rendered["audiochat/templates/NOTES.txt"]
+    for deployment in manifests.deployments():
+        assert "AUDIOCHAT_REDIS_URL" not in env(deployment)
+        assert "checksum/redis" not in pod_template_annotations(deployment)
+
+
+def test_external_redis_url_comes_from_an_existing_secret(
+    render: Callable[[dict[str, Any]], dict[str, str]],
+) -> None:
+    manifests = Rendering(objects(render(values_for("redis-external"))))
+    assert redis_url_source(manifests) == ("audiochat-redis", "url")
+    for deployment in manifests.deployments():
+        assert env(deployment)["AUDIOCHAT_REDIS_UNAVAILABLE"]["value"] == "fail"
+        assert env(deployment)["AUDIOCHAT_REDIS_TIMEOUT_SECONDS"]["value"] == "0.5"
+    assert manifests.of_kind("Secret") == manifests.of_kind("StatefulSet") == []
+
+
+def test_external_redis_url_given_inline_goes_into_a_secret(
+    render: Callable[[dict[str, Any]], dict[str, str]],
+) -> None:
+    url = "rediss://:s3cret@redis.example.net:6380/2"
+    rendered = render({"redis": {"mode": "external", "external": {"url": url}}})
+    assert "s3cret" not in "".join(rendered.values())
+    manifests = Rendering(objects(rendered))
+    [secret] = manifests.of_kind("Secret")
+    assert redis_url_source(manifests) == (secret["metadata"]["name"], "redis-url")
+    assert secret_data(secret) == {"redis-url": url}
+    assert manifests.of_kind("StatefulSet") == []
+    # A changed URL rolls both workloads.
+    assert all("checksum/redis" in pod_template_annotations(d) for d in manifests.deployments())
+
+
+def pod_template_annotations(workload: Manifest) -> dict[str, str]:
+    annotations: dict[str, str] = workload["spec"]["template"]["metadata"].get("annotations", {})
+    return annotations
+
+
+def test_internal_redis_runs_password_protected_behind_its_service(
+    render: Callable[[dict[str, Any]], dict[str, str]],
+) -> None:
+    manifests = Rendering(objects(render(values_for("redis-internal"))))
+    [redis] = manifests.of_kind("StatefulSet")
+    assert redis["spec"]["replicas"] == 1
+    [secret] = [
+        item
+        for item in manifests.of_kind("Secret")
+        if item["metadata"]["name"] == redis_url_source(manifests)[0]
+    ]
+    data = secret_data(secret)
+    service, headless = (
+        manifests.one("Service", redis["metadata"]["name"] + suffix) for suffix in ("", "-headless")
+    )
+    assert redis["spec"]["serviceName"] == headless["metadata"]["name"]
+    assert headless["spec"]["clusterIP"] == "None"
+    # The URL the workloads get names the client Service, its port and the password Redis requires.
+    assert redis_url_source(manifests)[1] == "redis-url"
+    assert data["redis-password"] == "not-a-real-password"
+    assert (
+        data["redis-url"]
+        == f"redis://:not-a-real-password@{service['metadata']['name']}.{NAMESPACE}.svc:6379/0"
+    )
+    redis_container = container(redis)
+    args = redis_container["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert secret_reference(redis, "REDIS_PASSWORD") == (secret["metadata"]["name"], "redis-password")
+    assert secret_reference(redis, "REDISCLI_AUTH") == (secret["metadata"]["name"], "redis-password")
+    # maxmemory (256Mi) below the container's limit (512Mi), in bytes as Redis takes it.
+    assert int(args[args.index("--maxmemory") + 1]) == 256 * MIB
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert "redis-cli -p 6379 ping" in redis_container[probe]["exec"]["command"][-1]
+    # Persistence on: an append-only file on a claim of the given size and class, no emptyDir.
+    assert args[args.index("--appendonly") + 1] == "yes"
+    [claim] = redis["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert "volumes" not in pod_spec(redis)
+    assert redis_container["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    assert redis_container["image"] == "redis:7-alpine"
+
+
+def test_internal_redis_keeps_nothing_on_disk_by_default(
+    render: Callable[[dict[str, Any]], dict[str, str]],
+) -> None:
+    manifests = Rendering(objects(render({"redis": {"mode": "internal"}})))
+    [redis] = manifests.of_kind("StatefulSet")
+    args = container(redis)["args"]
+    assert args[args.index("--appendonly") + 1] == "no"
+    assert args[args.index("--save") + 1] == ""
+    assert "volumeClaimTemplates" not in redis["spec"]
+    [volume] = pod_spec(redis)["volumes"]
+    assert volume == {"name": "data", "emptyDir": {"sizeLimit": "1Gi"}}
+    # No password given: a generated one, the same in the password and the URL.
+    [secret] = manifests.of_kind("Secret")
+    data = secret_data(secret)
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", data["redis-password"])
+    assert f":{data['redis-password']}@" in data["redis-url"]
+    limit = quantity_bytes(container(redis)["resources"]["limits"]["memory"])
+    assert int(args[args.index("--maxmemory") + 1]) * 4 <= limit * 3
+
+
+def test_internal_redis_is_reached_only_by_the_release(
+    render: Callable[[dict[str, Any]], dict[str, str]],
+) -> None:
+    manifests = Rendering(objects(render(values_for("redis-internal"))))
+    policy = manifests.one("NetworkPolicy", f"{RELEASE}-audiochat-redis")
+    assert manifests.pods_selected_by(policy["spec"]["podSelector"]["matchLabels"]) == [
+        f"{RELEASE}-audiochat-redis"
+    ]
+    [rule] = policy["spec"]["ingress"]
+    [peer] = rule["from"]
+    clients = manifests.pods_selected_by(peer["podSelector"]["matchLabels"])
+    assert {f"{RELEASE}-audiochat-core", f"{RELEASE}-audiochat-edge"} <= set(clients)
+    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]

@@ -47,6 +47,11 @@ readinessProbe:
   value: {{ .values.maxConnectionAgeSeconds | int64 | quote }}
 - name: AUDIOCHAT_UPSTREAM_TIMEOUT_SECONDS
   value: {{ .values.upstreamTimeoutSeconds | int64 | quote }}
+{{- /* The core decodes the user's audio, so it is the one that enforces the limit (edge and all roles alike). */}}
+{{- with .values.maxTurnAudioSeconds }}
+- name: AUDIOCHAT_MAX_TURN_AUDIO_SECONDS
+  value: {{ . | int64 | quote }}
+{{- end }}
 {{- with .root.Values.config.upstream }}
 - name: AUDIOCHAT_UPSTREAM
   value: {{ . | quote }}

@@ -46,12 +46,17 @@ readinessProbe:
 - name: AUDIOCHAT_ALLOWED_ORIGINS
   value: {{ join "," . | quote }}
 {{- end }}
-{{- range $name, $key := dict "AUDIOCHAT_MAX_BODY_BYTES" "maxBodyBytes" "AUDIOCHAT_MAX_TURN_AUDIO_SECONDS" "maxTurnAudioSeconds" "AUDIOCHAT_RESUME_BUFFER_BYTES" "resumeBufferBytes" }}
-{{- $value := index $.values $key }}
-{{- if not (kindIs "invalid" $value) }}
-- name: {{ $name }}
-  value: {{ $value | int64 | quote }}
+{{- with .values.maxBodyBytes }}
+- name: AUDIOCHAT_MAX_BODY_BYTES
+  value: {{ . | int64 | quote }}
 {{- end }}
+{{- with .values.sseTurnBufferBytes }}
+- name: AUDIOCHAT_SSE_TURN_BUFFER_BYTES
+  value: {{ . | int64 | quote }}
+{{- end }}
+{{- with include "audiochat.edge.resumeBufferBytes" .root }}
+- name: AUDIOCHAT_RESUME_BUFFER_BYTES
+  value: {{ . | quote }}
 {{- end }}
 {{- if or .values.apiKeys .values.existingApiKeysSecret }}
 - name: AUDIOCHAT_API_KEYS

@@ -114,3 +114,43 @@ audiochat/core-client: "true"
 {{- fail "set either edge.apiKeys or edge.existingApiKeysSecret, not both" }}
 {{- end }}
 {{- end }}
+
+{{/*
+A memory quantity ("256Mi", "1G", "0.5Gi", 536870912) in bytes, as an integer. The argument is
+(dict "quantity" q "name" "edge.resources.limits.memory"), the name for the error on a form it cannot read.
+*/}}
+{{- define "audiochat.bytes" -}}
+{{- $quantity := toString .quantity }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $quantity }}
+{{- $suffix := trimPrefix $number $quantity }}
+{{- $factors := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "K" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 }}
+{{- if or (not $number) (not (hasKey $factors $suffix)) }}
+{{- fail (printf "%s: cannot read %q as a memory quantity (use a number of bytes or Ki, Mi, Gi, Ti, k, M, G, T)" .name $quantity) }}
+{{- end }}
+{{- mulf (float64 $number) (index $factors $suffix) | int64 }}
+{{- end }}
+
+{{/*
+The edge's cap on all resume buffers together, in bytes (AUDIOCHAT_RESUME_BUFFER_BYTES), or "" to keep the
+application's default when the edge has no memory limit. Derived from the limit when not set, and refused
+when the cap plus the memory the edge needs besides it exceeds the limit: full buffers would get the pod
+OOM-killed before the cap applied.
+*/}}
+{{- define "audiochat.edge.resumeBufferBytes" -}}
+{{- $edge := .Values.edge }}
+{{- $limit := dig "limits" "memory" "" $edge.resources }}
+{{- $cap := $edge.resumeBufferBytes }}
+{{- if $limit }}
+{{- $limitBytes := include "audiochat.bytes" (dict "quantity" $limit "name" "edge.resources.limits.memory") | int64 }}
+{{- $headroom := include "audiochat.bytes" (dict "quantity" $edge.memoryHeadroom "name" "edge.memoryHeadroom") | int64 }}
+{{- if kindIs "invalid" $cap }}
+{{- $cap = sub $limitBytes $headroom }}
+{{- if le $cap 0 }}
+{{- fail (printf "edge.resources.limits.memory (%s) leaves nothing for resume buffers after edge.memoryHeadroom (%s): raise the limit" $limit $edge.memoryHeadroom) }}
+{{- end }}
+{{- else if gt (add $cap $headroom) $limitBytes }}
+{{- fail (printf "edge.resumeBufferBytes (%d) + edge.memoryHeadroom (%s) exceed edge.resources.limits.memory (%s): full resume buffers would get the pod OOM-killed before the cap applies; raise the limit, lower the cap, or leave resumeBufferBytes null to derive it from the limit" (int64 $cap) $edge.memoryHeadroom $limit) }}
+{{- end }}
+{{- end }}
+{{- if not (kindIs "invalid" $cap) }}{{ $cap | int64 }}{{ end }}
+{{- end }}
