@@ -29,7 +29,7 @@ NAMESPACE = "voice"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest with schemas here.
 KUBE_VERSIONS = ("1.27.0", "1.37.0")
 # Custom resources without a schema in kubernetes-validate; anything else unknown is a failure.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "ScaledObject"}
 INLINE_OPENAI_KEY = "sk-test-not-a-real-key"
 MIB = 1024 * 1024
 
@@ -182,6 +182,11 @@ BAD_VALUES = {
     ),
     "memory headroom in MB": ({"edge": {"memoryHeadroom": "256MB"}}, "/edge/memoryHeadroom"),
     "unknown Redis mode": ({"redis": {"mode": "redis"}}, "/redis/mode"),
+    "typo inside KEDA": ({"core": {"keda": {"maxReplica": 4}}}, "additional properties 'maxReplica'"),
+    "Prometheus address without a scheme": (
+        {"keda": {"prometheus": {"serverAddress": "prometheus:9090"}}},
+        "/keda/prometheus/serverAddress",
+    ),
     "typo inside the Redis": (
         {"redis": {"internal": {"persistance": {"enabled": True}}}},
         "additional properties 'persistance'",
@@ -224,6 +229,22 @@ def test_bad_values_are_rejected(
         (
             {"core": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}},
             "core.autoscaling needs a CPU target",
+        ),
+        (
+            {"core": {"autoscaling": {"enabled": True}, "keda": {"enabled": True}}},
+            "core.autoscaling.enabled and core.keda.enabled are both on",
+        ),
+        (
+            {"edge": {"autoscaling": {"enabled": True}, "keda": {"enabled": True}}},
+            "edge.autoscaling.enabled and edge.keda.enabled are both on",
+        ),
+        (
+            {"edge": {"keda": {"enabled": True, "minReplicas": 5, "maxReplicas": 3}}},
+            "edge.keda.minReplicas (5) is over edge.keda.maxReplicas (3)",
+        ),
+        (
+            {"core": {"autoscaling": {"enabled": True, "minReplicas": 12}}},
+            "core.autoscaling.minReplicas (12) is over core.autoscaling.maxReplicas (10)",
         ),
         (
             {"edge": {"resumeBufferBytes": 300 * MIB}},
@@ -376,14 +397,17 @@ def test_disruption_budgets_and_autoscalers_point_at_deployments(manifests: Rend
     for budget in manifests.of_kind("PodDisruptionBudget"):
         selected = manifests.pods_selected_by(budget["spec"]["selector"]["matchLabels"])
         assert selected == [f"{budget['metadata']['name']}"]
-    for autoscaler in manifests.of_kind("HorizontalPodAutoscaler"):
+    for autoscaler in [*manifests.of_kind("HorizontalPodAutoscaler"), *manifests.of_kind("ScaledObject")]:
         target = autoscaler["spec"]["scaleTargetRef"]
         assert target["kind"] == "Deployment"
         manifests.one("Deployment", target["name"])
 
 
 def test_replicas_are_left_to_the_autoscaler(manifests: Rendering) -> None:
-    scaled = {hpa["spec"]["scaleTargetRef"]["name"] for hpa in manifests.of_kind("HorizontalPodAutoscaler")}
+    autoscalers = [*manifests.of_kind("HorizontalPodAutoscaler"), *manifests.of_kind("ScaledObject")]
+    scaled = [autoscaler["spec"]["scaleTargetRef"]["name"] for autoscaler in autoscalers]
+    # One autoscaler per Deployment at most: KEDA's own HPA and the chart's would fight over replicas.
+    assert len(scaled) == len(set(scaled))
     for deployment in manifests.deployments():
         assert ("replicas" in deployment["spec"]) == (deployment["metadata"]["name"] not in scaled)
 
@@ -879,3 +903,106 @@ def test_internal_redis_is_reached_only_by_the_release(
     clients = manifests.pods_selected_by(peer["podSelector"]["matchLabels"])
     assert {f"{RELEASE}-audiochat-core", f"{RELEASE}-audiochat-edge"} <= set(clients)
     assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+
+
+# --- Scaling on open streams with KEDA -------------------------------------------------------------
+
+SCALED_OBJECT_SPEC_KEYS = {
+    "scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
+    "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers",
+}  # fmt: skip
+TRIGGER_KEYS = {"type", "name", "metadata", "authenticationRef", "metricType", "useCachedMetrics"}
+
+
+def check_scaled_object(item: Manifest, kube_version: str) -> None:
+    """KEDA's ScaledObject (keda.sh/v1alpha1) checked by hand: kubernetes-validate has no CRD schemas."""
+    assert item["apiVersion"] == "keda.sh/v1alpha1"
+    spec = item["spec"]
+    assert set(spec) <= SCALED_OBJECT_SPEC_KEYS
+    target = spec["scaleTargetRef"]
+    assert set(target) <= {"apiVersion", "kind", "name", "envSourceContainerName"}
+    assert isinstance(target["name"], str) and target["name"]
+    for field in ("pollingInterval", "minReplicaCount", "maxReplicaCount"):
+        assert isinstance(spec[field], int) and spec[field] >= 1, field
+    assert spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    hpa_config = spec["advanced"]["horizontalPodAutoscalerConfig"]
+    assert set(spec["advanced"]) <= {
+        "horizontalPodAutoscalerConfig",
+        "restoreToOriginalReplicaCount",
+        "scalingModifiers",
+    }
+    assert set(hpa_config) <= {"name", "behavior"}
+    # The behavior is the HPA's own type: check it with Kubernetes' schema for the HPA KEDA will create.
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": hpa_config["name"]},
+        "spec": {
+            "scaleTargetRef": target,
+            "maxReplicas": spec["maxReplicaCount"],
+            "behavior": hpa_config["behavior"],
+        },
+    }
+    kube_schemas.validate(hpa, kube_version, strict=True)
+    assert spec["triggers"]
+    for trigger in spec["triggers"]:
+        assert set(trigger) <= TRIGGER_KEYS
+        assert trigger["type"] in {"prometheus", "cpu"}
+        # KEDA reads every trigger setting as a string; a YAML number or boolean fails its decoding.
+        assert all(isinstance(value, str) for value in trigger["metadata"].values()), trigger["metadata"]
+        if "authenticationRef" in trigger:
+            assert set(trigger["authenticationRef"]) <= {"name", "kind"}
+        if trigger["type"] == "prometheus":
+            assert trigger["metricType"] == "AverageValue"
+            assert {"serverAddress", "query", "threshold"} <= set(trigger["metadata"])
+            assert re.fullmatch(r"https?://\S+", trigger["metadata"]["serverAddress"])
+            assert int(trigger["metadata"]["threshold"]) > 0
+        else:
+            assert trigger["metricType"] == "Utilization"
+            assert set(trigger["metadata"]) == {"value"} and int(trigger["metadata"]["value"]) > 0
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_scaled_objects_are_well_formed(manifests: Rendering, kube_version: str) -> None:
+    for item in manifests.of_kind("ScaledObject"):
+        check_scaled_object(item, kube_version)
+
+
+def test_keda_scales_each_workload_on_its_own_streams(
+    render: Callable[[dict[str, Any]], dict[str, str]],
+) -> None:
+    manifests = Rendering(objects(render(values_for("keda"))))
+    assert manifests.of_kind("HorizontalPodAutoscaler") == []
+    scaled = {component(item): item["spec"] for item in manifests.of_kind("ScaledObject")}
+    assert set(scaled) == {"core", "edge"}
+    core, edge = scaled["core"], scaled["edge"]
+    assert (core["minReplicaCount"], core["maxReplicaCount"], core["pollingInterval"]) == (3, 30, 10)
+    streams, cpu = core["triggers"]
+    assert streams["metadata"]["serverAddress"] == "http://prometheus.monitoring.svc:9090"
+    assert streams["metadata"]["threshold"] == "150"
+    assert streams["authenticationRef"] == {"name": "prometheus-credentials"}
+    assert cpu == {"type": "cpu", "name": "cpu", "metricType": "Utilization", "metadata": {"value": "80"}}
+    # The default query sums the core's gauge over the core's pods of this release, and only those.
+    query = streams["metadata"]["query"]
+    match = re.fullmatch(r'sum\(audiochat_active_streams\{namespace="(.+)",pod=~"(.+)"\}\)', query)
+    assert match and match.group(1) == NAMESPACE
+    pod_pattern = re.compile(match.group(2))
+    assert pod_pattern.fullmatch(f"{RELEASE}-audiochat-core-7d9f8b6c5d-x2x4z")
+    assert not pod_pattern.fullmatch(f"{RELEASE}-audiochat-edge-7d9f8b6c5d-x2x4z")
+    assert not pod_pattern.fullmatch(f"{RELEASE}-audiochat-redis-0")
+    # The edge: its own gauge through the given query, no CPU trigger.
+    [edge_streams] = edge["triggers"]
+    assert edge_streams["metadata"]["query"] == 'sum(audiochat_edge_active_streams{job="audiochat-edge"})'
+    assert edge_streams["metadata"]["threshold"] == "400"
+
+
+def test_keda_default_query_names_the_edge_gauge(render: Callable[[dict[str, Any]], dict[str, str]]) -> None:
+    manifests = Rendering(objects(render({"edge": {"keda": {"enabled": True}}})))
+    [scaled] = manifests.of_kind("ScaledObject")
+    assert component(scaled) == "edge"
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["metadata"]["query"].startswith("sum(audiochat_edge_active_streams{")
+    assert "authenticationRef" not in trigger
+    # Only the edge is KEDA's: the core keeps its fixed replica count.
+    assert "replicas" in workload_named(manifests, "core")["spec"]
+    assert "replicas" not in workload_named(manifests, "edge")["spec"]

@@ -106,6 +106,13 @@ audiochat/core-client: "true"
 {{- add .Values.drain.preStopSeconds .Values.drain.graceSeconds .Values.drain.marginSeconds }}
 {{- end }}
 
+{{/* An autoscaler's bounds; the argument is (dict "name" "core.keda" "min" n "max" m). */}}
+{{- define "audiochat.validateReplicaBounds" -}}
+{{- if gt (int64 .min) (int64 .max) }}
+{{- fail (printf "%s.minReplicas (%d) is over %s.maxReplicas (%d)" .name (int64 .min) .name (int64 .max)) }}
+{{- end }}
+{{- end }}
+
 {{- define "audiochat.validate" -}}
 {{- if and .Values.openai.apiKey .Values.openai.existingSecret }}
 {{- fail "set either openai.apiKey or openai.existingSecret, not both" }}
