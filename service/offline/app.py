@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -15,7 +14,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.audio import pcm16_duration_ms, wrap_pcm16_as_wav
@@ -29,6 +28,9 @@ from service.offline.chat_request import (
     parse_chat_request,
     text_tokens,
 )
+from service.offline.pacing import Pacer
+from service.offline.realtime_response import Voice
+from service.offline.realtime_session import RealtimeEndpoint, RealtimeLimits
 from service.offline.speech import SpeechError, synthesize
 from service.offline.tools import (
     PlannedCall,
@@ -72,6 +74,7 @@ class OfflineVoiceSettings:
     audio_id_ttl_seconds: float = DEFAULT_TTL_SECONDS
     max_audio_ids: int = DEFAULT_MAX_IDS
     piece_ms: tuple[int, ...] = wire.DEFAULT_PIECE_MS
+    realtime_limits: RealtimeLimits = field(default_factory=RealtimeLimits)
 
 
 @dataclass
@@ -106,22 +109,6 @@ class _OpenAIHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-class _Pacer:
-    """Holds audio back so that it leaves no faster than `realtime_factor` times playback speed."""
-
-    def __init__(self, realtime_factor: float) -> None:
-        self._factor = realtime_factor
-        self._start = time.monotonic()
-        self._sent_seconds = 0.0
-
-    async def before_sending(self, audio_bytes: int) -> None:
-        """Wait until the audio sent so far has had its time, then count `audio_bytes` as sent."""
-        if self._factor > 0:
-            due = self._start + self._sent_seconds / self._factor
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-        self._sent_seconds += pcm16_duration_ms(audio_bytes) / 1000
 
 
 class _ChatCompletions:
@@ -216,7 +203,7 @@ class _ChatCompletions:
         finish = "stop" if self.settings.finish_reason_chunk else None
         before = self.settings.finish_reason_chunk == "before_expires"
         pieces = wire.pcm_pieces(pcm, self.settings.piece_ms)
-        pacer = _Pacer(self.settings.realtime_factor)
+        pacer = Pacer(self.settings.realtime_factor)
         for body in wire.audio_tail_chunks(ident, audio_id, pieces, expires_at, usage, finish, before):
             await pacer.before_sending(wire.audio_bytes_in(body))
             yield wire.sse_event(body)
@@ -237,7 +224,7 @@ class _ChatCompletions:
                 logger.exception("offline voice synthesis failed")
                 yield wire.sse_event(wire.error_object(_SERVER_ERROR))
                 return
-            pacer = _Pacer(self.settings.realtime_factor)
+            pacer = Pacer(self.settings.realtime_factor)
             pieces = wire.pcm_pieces(pcm, self.settings.piece_ms)
             for body in wire.audio_tail_chunks(ident, audio_id, pieces, expires_at):
                 await pacer.before_sending(wire.audio_bytes_in(body))
@@ -291,13 +278,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: OfflineVoiceSettings | None = None) -> Starlette:
-    """Return the offline voice's ASGI app; its counters are at `app.state.stats`."""
+    """Return the offline voice's ASGI app (Chat Completions over HTTP, the Realtime API over WebSocket);
+    its counters are at `app.state.stats`, its Realtime endpoint at `app.state.realtime`."""
+    settings = settings or OfflineVoiceSettings()
     stats = OfflineVoiceStats()
-    endpoint = _ChatCompletions(settings or OfflineVoiceSettings(), stats)
+    endpoint = _ChatCompletions(settings, stats)
+    realtime = RealtimeEndpoint(Voice(settings.realtime_factor, settings.piece_ms), settings.realtime_limits)
     app = Starlette(
-        routes=[Route("/v1/chat/completions", endpoint.handle, methods=["POST"])],
+        routes=[
+            Route("/v1/chat/completions", endpoint.handle, methods=["POST"]),
+            WebSocketRoute("/v1/realtime", realtime.serve),
+        ],
         exception_handlers={HTTPException: _http_error, Exception: _http_error},
     )
     app.add_middleware(_OpenAIHeaders)
     app.state.stats = stats
+    app.state.realtime = realtime
     return app

@@ -10,6 +10,8 @@ from service.offline.app import OfflineVoiceSettings, OfflineVoiceStats, create_
 
 logger = logging.getLogger(__name__)
 
+WS_MAX_SIZE = 16 * 1024 * 1024  # bytes of one WebSocket message; larger ones close the socket (1009)
+
 
 class OfflineVoiceServer:
     """The offline voice on http://127.0.0.1:<ephemeral>/v1, started and stopped with the caller's loop."""
@@ -17,7 +19,8 @@ class OfflineVoiceServer:
     def __init__(self, settings: OfflineVoiceSettings | None = None, host: str = "127.0.0.1") -> None:
         self._app = create_app(settings)
         self._host = host
-        self._http = EmbeddedHTTPServer(self._app, host=host, ws="none")
+        # The Realtime face's WebSocket beside the HTTP routes; the API takes events up to 15 MiB.
+        self._http = EmbeddedHTTPServer(self._app, host=host, ws="websockets-sansio", ws_max_size=WS_MAX_SIZE)
         self._base_url = ""
 
     @property
@@ -30,6 +33,12 @@ class OfflineVoiceServer:
         """The app's request counters."""
         stats: OfflineVoiceStats = self._app.state.stats
         return stats
+
+    @property
+    def realtime_sessions(self) -> int:
+        """Realtime WebSocket sessions open now."""
+        sessions: int = self._app.state.realtime.open_sessions
+        return sessions
 
     async def start(self) -> str:
         """Bind a free loopback port, start serving, and return the base URL."""

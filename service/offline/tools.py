@@ -27,7 +27,7 @@ ARGUMENT_PIECE_CHARS = 7
 MAX_SPOKEN_RESULT_CHARS = 300
 _PREPOSITIONS = ("in", "for", "at", "about", "to", "of", "on")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_CHOICE_MODES = ("none", "auto", "required")
+CHOICE_MODES = ("none", "auto", "required")
 
 
 @dataclass(frozen=True)
@@ -69,24 +69,37 @@ def plan_tool_call(body: Json, user_text: str) -> PlannedCall | None:
             "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
             "tool_choice",
         )
-    if not functions or choice == "none":
-        return None
-    chosen: Json | None = None
+    forced: str | None = None
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        chosen = next((f for f in functions if f["name"] == name), None)
-        if chosen is None:
-            raise OpenAIError(f"Invalid value for 'tool_choice': no function named {name!r}.", "tool_choice")
-    elif choice is not None and choice not in _CHOICE_MODES:
+        forced = (choice.get("function") or {}).get("name")
+        if not any(f["name"] == forced for f in functions):
+            raise OpenAIError(
+                f"Invalid value for 'tool_choice': no function named {forced!r}.", "tool_choice"
+            )
+        choice = None
+    elif choice is not None and choice not in CHOICE_MODES:
         raise OpenAIError(f"Invalid value for 'tool_choice': {choice!r}.", "tool_choice", "invalid_value")
+    return choose_call(functions, choice, forced, user_text)
+
+
+def choose_call(
+    functions: Sequence[Json], mode: str | None, forced: str | None, user_text: str
+) -> PlannedCall | None:
+    """The call to make, given checked functions (each a dict with a non-empty `name` and optional
+    `parameters`), the tool_choice mode (None, "none", "auto", "required") or a forced function's name
+    (one of them); None to answer in words. Shared by the Chat Completions and Realtime faces."""
+    if not functions or mode == "none":
+        return None
+    if forced is not None:
+        chosen = next((f for f in functions if f["name"] == forced), None)
     else:
         chosen = next((f for f in functions if _names(user_text, f["name"])), None)
-        if chosen is None and choice == "required":
+        if chosen is None and mode == "required":
             chosen = functions[0]
     if chosen is None:
         return None
     arguments = fill_arguments(chosen.get("parameters"), _without_name(user_text, chosen["name"]))
-    return PlannedCall(_new_call_id(), chosen["name"], json.dumps(arguments, ensure_ascii=False))
+    return PlannedCall(new_call_id(), chosen["name"], json.dumps(arguments, ensure_ascii=False))
 
 
 def _spoken_forms(name: str) -> list[str]:
@@ -158,7 +171,8 @@ def _phrase(words: str) -> str:
     return " ".join(tokens[last + 1 :])
 
 
-def _new_call_id() -> str:
+def new_call_id() -> str:
+    """A fresh `call_...` id, like OpenAI's (24 random letters and digits)."""
     alphabet = string.ascii_letters + string.digits
     return "call_" + "".join(secrets.choice(alphabet) for _ in range(24))
 
