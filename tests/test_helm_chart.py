@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
+import textwrap
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from kubernetes_validate import utils as kube_schemas  # type: ignore[import-untyped]
 
 from service.settings import ENVIRONMENT
+from tests import chart_values_table
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART_DIR = ROOT / "helm" / "audiochat"
@@ -1006,3 +1008,59 @@ def test_keda_default_query_names_the_edge_gauge(render: Callable[[dict[str, Any
     # Only the edge is KEDA's: the core keeps its fixed replica count.
     assert "replicas" in workload_named(manifests, "core")["spec"]
     assert "replicas" not in workload_named(manifests, "edge")["spec"]
+
+
+# --- The chart's README -----------------------------------------------------------------------------
+
+
+def test_readme_values_table_is_the_one_values_yaml_generates() -> None:
+    generated = chart_values_table.table((CHART_DIR / "values.yaml").read_text())
+    in_readme = chart_values_table.in_readme(chart_values_table.README.read_text())
+    assert in_readme == generated, "run: .venv/bin/python -m tests.chart_values_table"
+
+
+def test_readme_values_table_covers_every_value(chart: helm.Chart) -> None:
+    schema = chart.schema
+    assert schema is not None
+    owned = schema_keys(schema, schema["definitions"])
+    rows = {row.path for row in chart_values_table.leaf_rows(chart_values_table.commented_keys(
+        (CHART_DIR / "values.yaml").read_text()
+    ))}  # fmt: skip
+    # A value is covered by its own row, or by the row of a Kubernetes-shaped block it sits in, or it is a
+    # parent whose every documented child has a row.
+    uncovered = [
+        key
+        for key in owned
+        if key not in rows
+        and not any(key.startswith(row + ".") for row in rows)
+        and not any(row.startswith(key + ".") for row in rows)
+    ]
+    assert uncovered == []
+    assert len(rows) > 100
+
+
+def test_helm_show_readme_prints_the_charts_readme() -> None:
+    shown = helm.show(str(CHART_DIR), output_format="readme")
+    assert shown.startswith("# audiochat Helm chart")
+    for section in (
+        "## Install",
+        "## Shared state: Redis",
+        "## Scaling",
+        "## Drain and rolling updates",
+        "## Values",
+    ):
+        assert section in shown
+    assert '| `redis.mode` | `"none"` |' in shown
+
+
+def test_readme_adapter_rules_serve_both_gauges_per_pod() -> None:
+    readme = chart_values_table.README.read_text()
+    # The block sits in a numbered list, indented with it.
+    [block] = re.findall(r"```yaml\n(.*?) *```", readme, flags=re.S)
+    rules = yaml.safe_load(textwrap.dedent(block))["rules"]["custom"]
+    assert [rule["name"]["as"] for rule in rules] == [
+        "audiochat_active_streams",
+        "audiochat_edge_active_streams",
+    ]
+    for rule in rules:
+        assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
