@@ -256,7 +256,7 @@ async def test_cancel_mid_answer_then_truncate(paced: OfflineVoiceServer) -> Non
 
 @module_loop
 async def test_tool_call_round_trip(voice: OfflineVoiceServer) -> None:
-    session = {**TEXT_ONLY, "tools": [WEATHER_TOOL], "tool_choice": "auto"}
+    session = {**TEXT_ONLY, "tools": [WEATHER_TOOL], "tool_choice": "auto", "parallel_tool_calls": False}
     manager, connection = await _connect(voice, session)
     async with manager:
         await _say(connection, "Use get_weather for Paris")
@@ -367,6 +367,11 @@ BAD_EVENTS: list[tuple[Json | str, str | None, str | None]] = [
         },
         "invalid_value",
         "session.tool_choice.name",
+    ),
+    (
+        {"type": "session.update", "session": {"type": "realtime", "parallel_tool_calls": "yes"}},
+        "invalid_type",
+        "session.parallel_tool_calls",
     ),
     (
         {"type": "conversation.item.create", "item": {"type": "message", "role": "robot", "content": []}},

@@ -31,6 +31,7 @@ _SESSION_FIELDS = frozenset(
         "audio",
         "tools",
         "tool_choice",
+        "parallel_tool_calls",
         "max_output_tokens",
         "tracing",
         "truncation",
@@ -49,6 +50,7 @@ _RESPONSE_FIELDS = frozenset(
         "output_modalities",
         "tool_choice",
         "tools",
+        "parallel_tool_calls",
         "prompt",
     }
 )
@@ -125,6 +127,8 @@ class SessionConfig:
     tool_choice: Any = "auto"
     max_output_tokens: int | str = "inf"
     truncation: Any = "auto"
+    # The offline voice makes at most one call per response, which either value allows.
+    parallel_tool_calls: bool = True
 
     def json(self) -> Json:
         """The session object."""
@@ -138,6 +142,7 @@ class SessionConfig:
             "tools": copy.deepcopy(self.tools),
             "tool_choice": copy.deepcopy(self.tool_choice),
             "max_output_tokens": self.max_output_tokens,
+            "parallel_tool_calls": self.parallel_tool_calls,
             "tracing": None,
             "truncation": self.truncation,
             "prompt": None,
@@ -198,6 +203,10 @@ class SessionConfig:
             changed.output_modalities = check_modalities(session["output_modalities"], "session")
         if "max_output_tokens" in session:
             changed.max_output_tokens = check_max_output_tokens(session["max_output_tokens"], "session")
+        if "parallel_tool_calls" in session:
+            changed.parallel_tool_calls = _boolean(
+                session["parallel_tool_calls"], "session.parallel_tool_calls"
+            )
         if "truncation" in session:
             if session["truncation"] not in ("auto", "disabled"):
                 raise _invalid(session["truncation"], "session.truncation", ["auto", "disabled"])
@@ -211,6 +220,12 @@ class SessionConfig:
         if audio is not None:
             _apply_audio(changed, audio, voice_locked)
         self.__dict__.update(changed.__dict__)
+
+
+def _boolean(value: Any, param: str) -> bool:
+    if not isinstance(value, bool):
+        raise _type_error(param, "a boolean")
+    return value
 
 
 def _string(value: Any, param: str) -> str:
@@ -463,6 +478,8 @@ def response_params(body: Any, config: SessionConfig) -> ResponseParams:
         params.max_output_tokens = check_max_output_tokens(body["max_output_tokens"], "response")
     if "instructions" in body:
         _string(body["instructions"], "response.instructions")
+    if "parallel_tool_calls" in body:
+        _boolean(body["parallel_tool_calls"], "response.parallel_tool_calls")
     if "tools" in body:
         params.tools = check_tools(body["tools"], "response.tools")
     if "tool_choice" in body or "tools" in body:
