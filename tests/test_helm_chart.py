@@ -7,22 +7,33 @@ holds the Kubernetes OpenAPI schemas.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
+import os
 import re
+import shutil
+import subprocess
 import textwrap
+import time
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import helm_python as helm
 import pytest
+import redis
 import yaml
 from kubernetes_validate import utils as kube_schemas  # type: ignore[import-untyped]
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from service.settings import ENVIRONMENT
+from service import redis_client
+from service.settings import ENVIRONMENT, from_environment
 from tests import chart_values_table
+from tests.redis_server import REDIS_SERVER, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART_DIR = ROOT / "helm" / "audiochat"
@@ -1064,3 +1075,87 @@ def test_readme_adapter_rules_serve_both_gauges_per_pod() -> None:
     ]
     for rule in rules:
         assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+
+
+# --- The in-chart Redis, run as rendered -------------------------------------------------------------
+
+
+def resolved_env(manifests: Rendering, workload: Manifest) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: values, and Secret keys looked up."""
+    secrets = {secret["metadata"]["name"]: secret_data(secret) for secret in manifests.of_kind("Secret")}
+    resolved = {}
+    for name, item in env(workload).items():
+        if "value" in item:
+            resolved[name] = item["value"]
+        else:
+            reference = item["valueFrom"]["secretKeyRef"]
+            resolved[name] = secrets[reference["name"]][reference["key"]]
+    return resolved
+
+
+def expand(arg: str, variables: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in command and args."""
+    return re.sub(r"\$\((\w+)\)", lambda match: variables[match.group(1)], arg)
+
+
+@pytest.mark.parametrize("value_set", ["redis-internal", "redis-generated-password"])
+def test_internal_redis_runs_as_rendered_and_the_workloads_url_reaches_it(
+    render: Callable[[dict[str, Any]], dict[str, str]], value_set: str, tmp_path: Path
+) -> None:
+    # The StatefulSet's own command, args and probe, run with Debian's redis-server on a free loopback
+    # port (the chart's port value) and a temporary /data; only --bind 127.0.0.1 is added (loopback only).
+    port = free_port()
+    values: dict[str, Any] = {"redis": {"mode": "internal"}}
+    if value_set == "redis-internal":
+        values = values_for("redis-internal")
+    values["redis"].setdefault("internal", {})["port"] = port
+    manifests = Rendering(objects(render(values)))
+    [statefulset] = manifests.of_kind("StatefulSet")
+    redis_container = container(statefulset)
+    variables = resolved_env(manifests, statefulset)
+    args = [expand(arg, variables) for arg in redis_container["args"]]
+    args[args.index("--dir") + 1] = str(tmp_path)
+    command = [shutil.which(redis_container["command"][0]) or REDIS_SERVER, *args, "--bind", "127.0.0.1"]
+    probe = redis_container["readinessProbe"]["exec"]["command"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(probe, env={"PATH": os.environ["PATH"], **variables}).returncode != 0:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "the readiness probe never passed"
+            time.sleep(0.05)
+        # The probe fails when the password is wrong, so it is not a probe that always passes.
+        wrong = {"PATH": os.environ["PATH"], "REDISCLI_AUTH": "wrong"}
+        assert subprocess.run(probe, env=wrong, stderr=subprocess.DEVNULL).returncode != 0
+        # Both workloads' AUDIOCHAT_REDIS_URL, with the Service's DNS name pointed at loopback.
+        urls = {resolved_env(manifests, d)["AUDIOCHAT_REDIS_URL"] for d in manifests.deployments()}
+        [url] = urls
+        parsed = urlsplit(url)
+        assert parsed.port == port
+        local_url = parsed._replace(netloc=f":{parsed.password}@127.0.0.1:{port}").geturl()
+        settings = from_environment({"AUDIOCHAT_REDIS_URL": local_url})
+        assert settings.redis_url == local_url
+        asyncio.run(check_redis(local_url, persistent=value_set == "redis-internal"))
+        with pytest.raises(redis.AuthenticationError):
+            # No retries: redis-py retries a refused login (a ConnectionError) with back-off by default.
+            redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, retry=Retry(NoBackoff(), 0)).ping()
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+        if process.stderr:
+            process.stderr.close()
+
+
+async def check_redis(url: str, persistent: bool) -> None:
+    """The application's own client reaches Redis with the URL; its settings are the chart's."""
+    client = redis_client.connect(url, timeout_seconds=2.0)
+    try:
+        assert await client.ping()
+        settings = {**await client.config_get("maxmemory*"), **await client.config_get("appendonly")}
+        assert settings["maxmemory-policy"] == "noeviction"
+        assert settings["maxmemory"] == str((256 if persistent else 128) * MIB)
+        assert settings["appendonly"] == ("yes" if persistent else "no")
+        if not persistent:
+            assert (await client.config_get("save"))["save"] == ""
+    finally:
+        await client.aclose()
