@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import textwrap
 import time
 import tomllib
@@ -480,7 +481,15 @@ def test_both_workloads_listen_on_every_interface_explicitly(manifests: Renderin
 def test_helm_test_hooks_call_the_health_checks(manifests: Rendering) -> None:
     pods = {pod["metadata"]["name"].rsplit("-test-", 1)[1]: pod for pod in manifests.hook_pods()}
     edge_on = any(component(deployment) == "edge" for deployment in manifests.deployments())
-    assert set(pods) == ({"core-health", "edge-ready"} if edge_on else {"core-health"})
+    redis_on = any("AUDIOCHAT_REDIS_URL" in env(deployment) for deployment in manifests.deployments())
+    expected = {"core-health"} | ({"edge-ready"} if edge_on else set()) | ({"redis"} if redis_on else set())
+    assert set(pods) == expected
+    if redis_on:
+        # The same Secret and key as the workloads: a wrong one fails `helm test`, not the first resume.
+        [source] = {
+            secret_reference(deployment, "AUDIOCHAT_REDIS_URL") for deployment in manifests.deployments()
+        }
+        assert secret_reference(pods["redis"], "AUDIOCHAT_REDIS_URL") == source
     core_check = container(pods["core-health"])["command"]
     assert core_check[-2:] == [core_target(manifests), "audiochat.v1.AudioChatService"]
     assert "grpc_health.v1" in core_check[2]
@@ -1136,6 +1145,26 @@ def test_internal_redis_runs_as_rendered_and_the_workloads_url_reaches_it(
         settings = from_environment({"AUDIOCHAT_REDIS_URL": local_url})
         assert settings.redis_url == local_url
         asyncio.run(check_redis(local_url, persistent=value_set == "redis-internal"))
+        # The `helm test` hook's script, with the same URL, writes and reads a key.
+        hook = container(manifests.one("Pod", f"{RELEASE}-audiochat-test-redis"))
+        [python, flag, script] = hook["command"]
+        assert (python, flag) == ("python", "-c")
+        checked = subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "AUDIOCHAT_REDIS_URL": local_url},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert (checked.returncode, checked.stdout) == (0, "redis ok\n"), checked.stderr
+        wrong_url = local_url.replace(f":{parsed.password}@", ":wrong@")
+        refused = subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "AUDIOCHAT_REDIS_URL": wrong_url},
+            capture_output=True,
+            timeout=30,
+        )
+        assert refused.returncode != 0
         with pytest.raises(redis.AuthenticationError):
             # No retries: redis-py retries a refused login (a ConnectionError) with back-off by default.
             redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, retry=Retry(NoBackoff(), 0)).ping()

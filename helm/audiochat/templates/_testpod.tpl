@@ -1,6 +1,7 @@
 {{/*
 A `helm test` pod that runs a Python check from the application image (so no extra image is pulled).
-The argument is (dict "root" $ "name" "core-health" "script" "..." "args" (list ...)).
+The argument is (dict "root" $ "name" "core-health" "script" "..." "args" (list ...)), and optionally "env"
+(a list of EnvVar objects).
 */}}
 {{- define "audiochat.testPod" -}}
 {{- $root := .root }}
@@ -36,6 +37,10 @@ spec:
         {{- range .args }}
         - {{ . | quote }}
         {{- end }}
+      {{- with .env }}
+      env:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
       resources:
         {{- toYaml $root.Values.tests.resources | nindent 8 }}
       securityContext:
