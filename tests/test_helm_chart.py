@@ -197,6 +197,27 @@ BAD_VALUES = {
     "memory headroom in MB": ({"edge": {"memoryHeadroom": "256MB"}}, "/edge/memoryHeadroom"),
     "unknown Redis mode": ({"redis": {"mode": "redis"}}, "/redis/mode"),
     "typo inside KEDA": ({"core": {"keda": {"maxReplica": 4}}}, "additional properties 'maxReplica'"),
+    # Kubernetes-shaped values are checked against Kubernetes' own fields: a typo there is not dropped.
+    "typo in the security context": (
+        {"securityContext": {"runAsNonroot": True}},
+        "additional properties 'runAsNonroot'",
+    ),
+    "typo in an extra variable": (
+        {"edge": {"extraEnv": [{"name": "X", "valueFom": {}}]}},
+        "additional properties 'valueFom'",
+    ),
+    "typo deep in the affinity": (
+        {"core": {"affinity": {"nodeAffinity": {"requiredDuringScheduling": {}}}}},
+        "additional properties 'requiredDuringScheduling'",
+    ),
+    "typo in the scaling behavior": (
+        {"edge": {"keda": {"behavior": {"scaleDwon": {}}}}},
+        "additional properties 'scaleDwon'",
+    ),
+    "string for an integer in a toleration": (
+        {"redis": {"internal": {"tolerations": [{"key": "k", "tolerationSeconds": "60"}]}}},
+        "/redis/internal/tolerations/0/tolerationSeconds",
+    ),
     "Prometheus address without a scheme": (
         {"keda": {"prometheus": {"serverAddress": "prometheus:9090"}}},
         "/keda/prometheus/serverAddress",
@@ -299,13 +320,16 @@ def test_contradictory_values_fail_the_render(
         render(values)
 
 
-# Definitions shaped like Kubernetes fields (resources, probe timings): documented as a whole, not per key.
+# Definitions shaped like Kubernetes fields (resources, probe timings, and the k8s.* copies of Kubernetes
+# types): documented as a whole, not per key.
 KUBERNETES_SHAPED = {"#/definitions/resources", "#/definitions/probeTiming"}
+KUBERNETES_DEFINITIONS = "#/definitions/k8s."
 
 
 def schema_keys(schema: dict[str, Any], definitions: dict[str, Any], prefix: str = "") -> set[str]:
     """Dotted paths of the chart-owned keys: those of objects whose schema lists their properties."""
-    if schema.get("$ref") in KUBERNETES_SHAPED:
+    reference = schema.get("$ref", "")
+    if reference in KUBERNETES_SHAPED or reference.startswith(KUBERNETES_DEFINITIONS):
         return set()
     if "$ref" in schema:
         schema = definitions[schema["$ref"].rsplit("/", 1)[-1]]
@@ -1188,3 +1212,44 @@ async def check_redis(url: str, persistent: bool) -> None:
             assert (await client.config_get("save"))["save"] == ""
     finally:
         await client.aclose()
+
+
+# --- Kubernetes-shaped values ----------------------------------------------------------------------
+
+
+def test_kubernetes_shaped_values_have_exactly_kubernetes_fields(chart: helm.Chart) -> None:
+    # values.schema.json's k8s.* definitions are copies of Kubernetes types with additionalProperties false:
+    # each must list exactly the fields of the newest Kubernetes here, so a typo fails the install and no
+    # real field is refused.
+    schema = chart.schema
+    assert schema is not None
+    kubernetes = kube_schemas.schema_contents(
+        f"kubernetes-json-schema/v{KUBE_VERSIONS[-1]}-local-strict/_definitions.json", KUBE_VERSIONS[-1]
+    )["$defs"]
+    ours = {name: item for name, item in schema["definitions"].items() if name.startswith("k8s.")}
+    assert len(ours) > 30
+    for name, item in ours.items():
+        theirs = kubernetes[item["$comment"]]
+        assert name == "k8s." + item["$comment"].rsplit(".", 1)[-1]
+        assert item["additionalProperties"] is False
+        assert set(item["properties"]) == set(theirs["properties"]), name
+        assert set(item.get("required", [])) == set(theirs.get("required", [])), name
+
+
+def test_every_object_in_the_schema_refuses_unknown_keys(chart: helm.Chart) -> None:
+    schema = chart.schema
+    assert schema is not None
+    open_objects = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "additionalProperties" not in node:
+                open_objects.append(path)
+            for key, child in node.items():
+                walk(child, f"{path}/{key}")
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                walk(child, f"{path}/{index}")
+
+    walk(schema, "")
+    assert open_objects == []
