@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2_grpc
 from starlette.requests import HTTPConnection
 
 from adapters.auth import ApiKeys, Origins
-from adapters.resume import ResumeStore
+from adapters.resume_store import TurnStore
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
 from service import metrics
 from service.api_keys import bearer_metadata
@@ -37,7 +37,7 @@ class EdgeContext:
     channel: grpc.aio.Channel
     keys: ApiKeys
     origins: Origins
-    store: ResumeStore
+    store: TurnStore
     stub: Any = None  # AudioChatServiceStub (typed only in the .pyi)
     health: Any = None  # HealthStub
     drain: asyncio.Event = field(default_factory=asyncio.Event)  # set once the edge stops taking work

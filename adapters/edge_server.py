@@ -13,9 +13,12 @@ from adapters.app import core_problem, create_app
 from adapters.auth import ApiKeys, Origins
 from adapters.context import EdgeContext
 from adapters.resume import ResumeStore
+from adapters.resume_redis import RedisResumeStore
+from adapters.resume_store import TurnStore
 from service import keepalive
 from service.embedded_http import EmbeddedHTTPServer
 from service.listen import listen_error, reason
+from service.redis_client import connect
 from service.server import CUT_SECONDS
 from service.settings import Settings
 
@@ -29,6 +32,26 @@ def channel_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", settings.max_message_bytes),
         *keepalive.channel_options(settings),
     ]
+
+
+def resume_store(settings: Settings) -> TurnStore:
+    """The SSE resume store: this process's memory, or Redis when AUDIOCHAT_REDIS_URL is set."""
+    if not settings.redis_url:
+        return ResumeStore(
+            keep_seconds=settings.resume_seconds,
+            max_bytes=settings.resume_buffer_bytes,
+            orphan_seconds=settings.sse_orphan_seconds,
+            max_turn_bytes=settings.sse_turn_buffer_bytes,
+        )
+    return RedisResumeStore(
+        connect(settings.redis_url, settings.redis_timeout_seconds),
+        keep_seconds=settings.resume_seconds,
+        max_bytes=settings.resume_buffer_bytes,
+        orphan_seconds=settings.sse_orphan_seconds,
+        max_turn_bytes=settings.sse_turn_buffer_bytes,
+        timeout_seconds=settings.redis_timeout_seconds,
+        fail_when_down=settings.redis_unavailable == "fail",
+    )
 
 
 class EdgeServer:
@@ -48,12 +71,7 @@ class EdgeServer:
         if keys.open:
             log.warning("no AUDIOCHAT_API_KEYS: the edge accepts every request that reaches it")
         channel = grpc.aio.insecure_channel(self.target, options=channel_options(settings))
-        store = ResumeStore(
-            keep_seconds=settings.resume_seconds,
-            max_bytes=settings.resume_buffer_bytes,
-            orphan_seconds=settings.sse_orphan_seconds,
-            max_turn_bytes=settings.sse_turn_buffer_bytes,
-        )
+        store = resume_store(settings)
         self.context = EdgeContext(settings, channel, keys, Origins(settings.allowed_origins), store)
         self._http = EmbeddedHTTPServer(
             create_app(self.context),
@@ -68,11 +86,21 @@ class EdgeServer:
             self.port = await self._http.start()
         except OSError as exc:
             await channel.close()
+            await store.close()
             raise listen_error("http_port", settings.bind, settings.http_port, reason(exc)) from None
         except BaseException:
             await channel.close()
+            await store.close()
             raise
-        log.info("edge listening", extra={"port": self.port, "core": self.target, "open": keys.open})
+        log.info(
+            "edge listening",
+            extra={
+                "port": self.port,
+                "core": self.target,
+                "open": keys.open,
+                "resume_store": "redis" if settings.redis_url else "memory",
+            },
+        )
         return self.port
 
     async def core_problem(self) -> str | None:
@@ -111,6 +139,7 @@ class EdgeServer:
         for pump in list(context.pumps):
             pump.cancel()
         await asyncio.gather(*context.pumps, return_exceptions=True)
+        await context.store.close()  # the last events and end markers reach Redis (bounded)
         await http.stop()
         await context.channel.close()
         self.context, self._http = None, None

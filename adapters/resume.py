@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 
 from prometheus_client import Histogram
 
+from adapters.resume_store import Followable, LogMirror
 from service.api_keys import digest
 
 
@@ -45,6 +46,10 @@ class TurnLog:
         self.size = 0
         self.abandoned = False
         self.on_abandoned: Callable[[], object] | None = None
+        self.mirror: LogMirror | None = None  # a shared store's copy of this log (Redis), told of changes
+        # The next sequence a reader on another pod reads (from the shared store), or 0 without one: it
+        # holds events like a local reader does, so a log over its cap lets go only of what it has read.
+        self.remote_next = 0
 
     def owned_by(self, key: str | None) -> bool:
         """Whether `key` may read this turn: the key that started it, or anyone for a turn started without."""
@@ -63,17 +68,21 @@ class TurnLog:
         self._received_at.append(received_at)
         self.size += len(data)
         self._changed.set()
+        if self.mirror is not None:
+            self.mirror.appended(self.last_sequence, data)
         self._store.grew(self, len(data))
 
     def finish(self) -> None:
         """No more events; the log now lives `keep_seconds` more for resumers."""
         self.done = True
         self._changed.set()
+        if self.mirror is not None:
+            self.mirror.ended(self.last_sequence)
         self._store.ended(self)
 
     def trim(self) -> None:
         """Over the per-turn cap, let go of what every reader has read (an orphan keeps all for a resume)."""
-        if self._readers and self.size > self._store.max_turn_bytes:
+        if (self._readers or self.remote_next) and self.size > self._store.max_turn_bytes:
             self._release(force=True)
 
     def has_after(self, sequence: int) -> bool:
@@ -118,9 +127,14 @@ class TurnLog:
             if not self._readers and not self.done:
                 self._store.orphaned(self)
 
+    @property
+    def orphan(self) -> bool:
+        """Running, and no reader on this pod."""
+        return not self._readers and not self.done and not self.abandoned
+
     def abandon_if_orphan(self) -> None:
         """Stop the turn if, still running, it has had no reader since it was orphaned."""
-        if self._readers or self.done or self.abandoned:
+        if not self.orphan:
             return
         self.abandoned = True
         if self.on_abandoned is not None:
@@ -134,7 +148,10 @@ class TurnLog:
     def _release(self, force: bool = False) -> None:
         if self.resumable and not force:
             return
-        upto = min(self._readers.values(), default=self.last_sequence + 1)
+        positions = list(self._readers.values())
+        if self.remote_next:
+            positions.append(self.remote_next)
+        upto = min(positions, default=self.last_sequence + 1)
         count = upto - self._first_sequence
         if count > 0:
             freed = sum(len(data) for data in self._events[:count])
@@ -142,6 +159,8 @@ class TurnLog:
             del self._received_at[:count]
             self._first_sequence = upto
             self.size -= freed
+            if force and self.mirror is not None:
+                self.mirror.released(upto)  # a dropped log's copy stays resumable; a trimmed one's head goes
             self._store.shrank(freed)
 
 
@@ -188,8 +207,15 @@ class ResumeStore:
     def __len__(self) -> int:
         return len(self._logs)
 
-    def open(self, turn_id: str, owner: str | None = None) -> TurnLog:
+    async def admit(self) -> None:
+        """Memory always takes a new turn (its caps act on the turn's events)."""
+
+    async def open(self, turn_id: str, owner: str | None = None) -> TurnLog:
         """A new log for a turn that just started; with an `owner` key, only that key may resume it."""
+        return self.open_log(turn_id, owner)
+
+    def open_log(self, turn_id: str, owner: str | None = None) -> TurnLog:
+        """`open` without the wait: the log, in this process's memory."""
         log = TurnLog(turn_id, self, owner)
         self._logs[turn_id] = log
         return log
@@ -197,6 +223,20 @@ class ResumeStore:
     def get(self, turn_id: str) -> TurnLog | None:
         """The log of a turn that runs, or ended less than keep_seconds ago."""
         return self._logs.get(turn_id)
+
+    async def find(self, turn_id: str, after: int, key: str | None) -> Followable | None:
+        """The log of `turn_id` if it holds every event after `after` and `key` may read it."""
+        return self.find_local(turn_id, after, key)
+
+    def find_local(self, turn_id: str, after: int, key: str | None) -> TurnLog | None:
+        """`find` in this process's memory."""
+        log = self._logs.get(turn_id)
+        if log is None or not log.has_after(after) or not log.owned_by(key):
+            return None
+        return log
+
+    async def close(self) -> None:
+        """Nothing to flush: memory goes with the process."""
 
     def grew(self, log: TurnLog, added: int) -> None:
         """Count `added` bytes of `log`; evict if over the cap."""

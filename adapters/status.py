@@ -116,6 +116,11 @@ def shutting_down() -> EdgeError:
     return EdgeError(503, "unavailable", "the server is shutting down; retry on another instance", 1012, 1000)
 
 
+def store_unavailable(message: str, retry_after_ms: int) -> EdgeError:
+    """The shared store (Redis) cannot be used and AUDIOCHAT_REDIS_UNAVAILABLE is fail: 503, close 1013."""
+    return EdgeError(503, "unavailable", message, 1013, retry_after_ms)
+
+
 def unreachable_reason(error: BaseException) -> str:
     """Why the core could not be reached, in words safe to show anyone: no address, no class name.
 

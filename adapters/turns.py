@@ -20,8 +20,17 @@ from starlette.responses import JSONResponse, Response
 from adapters.context import EdgeContext, edge_of, transport_metadata
 from adapters.http_body import BodyError, is_multipart, read_form, read_json
 from adapters.resume import TurnLog
+from adapters.resume_store import Followable, StoreUnavailable
 from adapters.sse import HEARTBEAT, MEDIA_TYPE, SSE_HEADERS, encode_error, encode_turn_event, parse_event_id
-from adapters.status import EdgeError, bad_request, edge_error, from_rpc_error, shutting_down, unauthenticated
+from adapters.status import (
+    EdgeError,
+    bad_request,
+    edge_error,
+    from_rpc_error,
+    shutting_down,
+    store_unavailable,
+    unauthenticated,
+)
 from adapters.streaming import ClosingStreamingResponse
 from adapters.turn_request import RequestError, from_form, from_json
 from audiochat.v1 import audiochat_pb2 as pb
@@ -44,7 +53,7 @@ async def post_turn(request: Request) -> Response:
     key = bearer_token(request.headers.get(AUTHORIZATION, ""))
     last_event_id = request.headers.get("last-event-id")
     if last_event_id:
-        return _resume(edge, last_event_id, None, key)
+        return await _resume(edge, last_event_id, None, key)
     if edge.draining:
         return error_response(shutting_down())
     try:
@@ -71,18 +80,22 @@ async def get_events(request: Request) -> Response:
         return error_response(unauthenticated())
     turn_id = request.path_params["turn_id"]
     key = bearer_token(request.headers.get(AUTHORIZATION, ""))
-    return _resume(edge, request.headers.get("last-event-id") or f"{turn_id}:0", turn_id, key)
+    return await _resume(edge, request.headers.get("last-event-id") or f"{turn_id}:0", turn_id, key)
 
 
-def _resume(edge: EdgeContext, last_event_id: str, turn_id: str | None, key: str | None) -> Response:
+async def _resume(edge: EdgeContext, last_event_id: str, turn_id: str | None, key: str | None) -> Response:
     parsed = parse_event_id(last_event_id)
     if parsed is None or (turn_id is not None and parsed[0] != turn_id):
         return error_response(
             bad_request("Last-Event-ID must be an id of this turn's events (<turn_id>:<n>)")
         )
-    buffered = edge.store.get(parsed[0])
+    try:
+        buffered = await edge.store.find(parsed[0], parsed[1], key)
+    except StoreUnavailable as exc:
+        metrics.RESUMES.labels("unavailable").inc()
+        return error_response(store_unavailable(exc.message, exc.retry_after_ms))
     # Another key's turn is answered exactly like an unknown one: its existence is not for them to learn.
-    if buffered is None or not buffered.has_after(parsed[1]) or not buffered.owned_by(key):
+    if buffered is None:
         metrics.RESUMES.labels("not_found").inc()
         seconds = f"{edge.settings.resume_seconds:g}"
         message = (
@@ -95,6 +108,10 @@ def _resume(edge: EdgeContext, last_event_id: str, turn_id: str | None, key: str
 
 async def _start(edge: EdgeContext, turn: pb.StreamTurnRequest, key: str | None) -> TurnLog | EdgeError:
     """Call StreamTurn and wait for TurnStarted (the upstream accepted): before it, a failure is a status."""
+    try:
+        await edge.store.admit()  # a store known to be down refuses before the model is called
+    except StoreUnavailable as exc:
+        return store_unavailable(exc.message, exc.retry_after_ms)
     call = edge.stub.StreamTurn(turn, metadata=transport_metadata("sse", key))
     try:
         first = await call.read()
@@ -106,7 +123,14 @@ async def _start(edge: EdgeContext, turn: pb.StreamTurnRequest, key: str | None)
     if first is grpc.aio.EOF:
         return edge_error("internal", "the service ended the turn without events", 500, 1011)
     # With keys, only the key that started the turn may resume it.
-    buffered = edge.store.open(first.turn_id, owner=None if edge.keys.open else key)
+    try:
+        buffered = await edge.store.open(first.turn_id, owner=None if edge.keys.open else key)
+    except StoreUnavailable as exc:
+        call.cancel()  # nothing was sent yet: the turn ends upstream and the client is told to retry
+        return store_unavailable(exc.message, exc.retry_after_ms)
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
     buffered.append(encode_turn_event(first))
     pump = asyncio.create_task(_pump(edge, call, buffered), name=f"sse:{first.turn_id}")
     buffered.on_abandoned = pump.cancel
@@ -137,13 +161,13 @@ async def _pump(edge: EdgeContext, call: Any, buffered: TurnLog) -> None:
         buffered.finish()
 
 
-def _stream(edge: EdgeContext, buffered: TurnLog, after: int) -> ClosingStreamingResponse:
+def _stream(edge: EdgeContext, buffered: Followable, after: int) -> ClosingStreamingResponse:
     return ClosingStreamingResponse(
         _follow(edge, buffered, after), media_type=MEDIA_TYPE, headers=SSE_HEADERS
     )
 
 
-async def _follow(edge: EdgeContext, buffered: TurnLog, after: int) -> AsyncIterator[bytes]:
+async def _follow(edge: EdgeContext, buffered: Followable, after: int) -> AsyncIterator[bytes]:
     relay = metrics.edge_relay("sse")
     with edge.stream():
         async for data in buffered.follow(after, edge.settings.heartbeat_seconds, relay):

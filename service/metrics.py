@@ -103,6 +103,12 @@ UPSTREAM_ERRORS = Counter("audiochat_upstream_errors_total", "Failed upstream tu
 RESUMES = Counter(
     "audiochat_resumes_total", "SSE reconnections with Last-Event-ID.", ["result"], registry=EDGE_REGISTRY
 )
+RESUME_STORE_ERRORS = Counter(
+    "audiochat_resume_store_errors_total",
+    "Failed calls to the shared resume store (Redis) by operation: open, write, heartbeat, find, read, ...",
+    ["operation"],
+    registry=EDGE_REGISTRY,
+)
 # Hands-free (server VAD): how turns are committed, voice barge-ins, and the wait after speaking.
 TURN_COMMITS = Counter(
     "audiochat_turn_commits_total",
@@ -134,6 +140,7 @@ GC_PAUSE = Histogram(
 for _collector in (
     EDGE_RELAY_ADDED,
     RESUMES,
+    RESUME_STORE_ERRORS,
     EDGE_ACTIVE_STREAMS,
     PROCESS_COLLECTOR,
     PLATFORM_COLLECTOR,

@@ -29,7 +29,7 @@ async def slow_edge(start_edge: StartEdge, **overrides: Any) -> RunningEdge:
 
 def store_of(edge: RunningEdge) -> ResumeStore:
     context = edge.server.context
-    assert context is not None
+    assert context is not None and isinstance(context.store, ResumeStore)
     return context.store
 
 
