@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 MAX_TURN_EVENTS = 65_536  # entries of one turn's Stream (MAXLEN ~): far past the byte cap's usual count
 BACKLOG_BYTES = 8 * 1024 * 1024  # appended, not yet in Redis (all turns): past it, pumps wait for the writer
 DOWN_RETRY_MS = 1000  # fail mode: how long a Redis failure refuses new turns before Redis is tried again
+PIPELINE_BYTES = 1024 * 1024  # one pipeline's event bytes at most (the rest go in the next round trip)
+PIPELINE_OPS = 1024
 READ_COUNT = 256  # entries per XREAD of a following reader
 MAX_FORGET = 10_000  # turns whose keys wait to be deleted once Redis answers (older ones expire by TTL)
 END = b"end"
@@ -71,6 +73,12 @@ def _entry_id(raw: object) -> tuple[int, int]:
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     milliseconds, _, part = text.partition("-")
     return int(milliseconds), int(part or 0)
+
+
+def _already_added(result: BaseException) -> bool:
+    """An XADD refused for an id the stream already has: a retried pipeline whose first try got through
+    (each turn has one writer, adding in order), so the entry is there."""
+    return "equal or smaller than the target stream top item" in str(result)
 
 
 def _error(operation: str, exc: BaseException) -> None:
@@ -351,7 +359,7 @@ class RedisResumeStore(ResumeStore):
                     async with asyncio.timeout(max(0.0, next_beat - loop.time())):
                         await self._wake.wait()
             self._wake.clear()
-            batch, self._queue = self._queue, []
+            batch = self._take()
             beat = loop.time() >= next_beat
             if beat:
                 next_beat = loop.time() + beat_every
@@ -366,6 +374,19 @@ class RedisResumeStore(ResumeStore):
             self._flushed.set()
             if self._closing and not self._queue:
                 return
+
+    def _take(self) -> list[_Op]:
+        """The oldest queued ops up to one pipeline's worth (PIPELINE_BYTES, PIPELINE_OPS), so each round trip
+        stays well inside the reply timeout however far the writer fell behind."""
+        size = count = 0
+        for count, op in enumerate(self._queue, start=1):
+            size += len(op.data)
+            if size >= PIPELINE_BYTES or count >= PIPELINE_OPS:
+                break
+        batch, self._queue = self._queue[:count], self._queue[count:]
+        if self._queue:
+            self._wake.set()
+        return batch
 
     async def _flush(self, batch: list[_Op], beat: bool) -> None:
         """One pipeline: the batch's writes, heartbeats of running turns, deletions of broken ones."""
@@ -433,7 +454,7 @@ class RedisResumeStore(ResumeStore):
         failed: set[_Mirror] = set()
         forget_failed = False
         for (whose, operation), result in zip(owners, results, strict=True):
-            if not isinstance(result, BaseException):
+            if not isinstance(result, BaseException) or _already_added(result):
                 continue
             if whose is None:
                 forget_failed = True
