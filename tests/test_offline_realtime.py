@@ -478,3 +478,107 @@ async def test_limits_sessions_length_and_input_buffer() -> None:
                 await asyncio.sleep(0.01)
         manager, _ = await _connect(server, None)
         await manager.__aexit__(None, None, None)
+
+
+HOSTILE: list[Any] = [None, True, -1, 1e300, "", "\ud800", [], [{}], {}, {"type": {}}]
+TEMPLATES: list[Json] = [
+    {
+        "type": "session.update",
+        "session": {
+            "type": "realtime",
+            "instructions": "Be brief.",
+            "output_modalities": ["text"],
+            "max_output_tokens": 200,
+            "tools": [WEATHER_TOOL],
+            "tool_choice": {"type": "function", "name": "get_weather"},
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": 24000},
+                    "turn_detection": {"type": "server_vad"},
+                },
+                "output": {"format": {"type": "audio/pcm"}, "voice": "alloy", "speed": 1.0},
+            },
+        },
+    },
+    {
+        "type": "conversation.item.create",
+        "previous_item_id": "root",
+        "item": {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "hi"}, {"type": "input_audio", "audio": "AAAA"}],
+        },
+    },
+    {
+        "type": "conversation.item.create",
+        "item": {"type": "function_call", "name": "f", "call_id": "c", "arguments": "{}"},
+    },
+    {
+        "type": "conversation.item.create",
+        "item": {"type": "function_call_output", "call_id": "c", "output": "ok"},
+    },
+    {"type": "conversation.item.truncate", "item_id": "item_x", "content_index": 0, "audio_end_ms": 10},
+    {"type": "conversation.item.delete", "item_id": "item_x"},
+    {
+        "type": "response.create",
+        "response": {
+            "output_modalities": ["text"],
+            "conversation": "none",
+            "input": [{"type": "item_reference", "id": "item_x"}],
+            "audio": {"output": {"voice": "ash"}},
+            "metadata": {"a": "b"},
+        },
+    },
+    {"type": "response.cancel", "response_id": "resp_x"},
+    {"type": "input_audio_buffer.append", "audio": "AAAA"},
+    {"type": "input_audio_buffer.commit"},
+    {"type": "input_audio_buffer.clear"},
+]
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in an event a client could put something else (the `type` of the event itself aside)."""
+    found = [path] if path and path != ("type",) else []
+    children = (
+        value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    )
+    for key, child in children:
+        found += _paths(child, (*path, key))
+    return found
+
+
+def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    copied = json.loads(json.dumps(value))
+    target = copied
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = new
+    return copied
+
+
+@module_loop
+async def test_hostile_values_anywhere_get_error_events_never_a_crash(voice: OfflineVoiceServer) -> None:
+    """Every field of every client event replaced by hostile values: each gets an answer (an error event or
+    the event's own), never a server_error, a closed socket or a hang."""
+    url = voice.base_url.replace("http://", "ws://") + "/realtime?model=gpt-realtime"
+    sent = 0
+    async with websockets.connect(url, max_size=None) as socket:
+        await socket.send(json.dumps({"type": "session.update", "session": TEXT_ONLY}))
+        for template in TEMPLATES:
+            for path in _paths(template):
+                for hostile in HOSTILE:
+                    await socket.send(json.dumps(_replaced(template, path, hostile)))
+                    sent += 1
+            # A marker that must come back as its own error: everything before it was answered.
+            await socket.send(json.dumps({"type": "marker", "event_id": f"m{sent}"}))
+            async with asyncio.timeout(20):
+                while True:
+                    event = json.loads(await socket.recv())
+                    if event["type"] == "error":
+                        assert event["error"]["type"] != "server_error", event
+                        if event["error"]["event_id"] == f"m{sent}":
+                            break
+    assert sent > 500
+    async with asyncio.timeout(5):
+        while voice.realtime_sessions:  # noqa: ASYNC110 (the count lives in another task)
+            await asyncio.sleep(0.01)

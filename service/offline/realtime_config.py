@@ -255,6 +255,9 @@ def _apply_audio(config: SessionConfig, audio: Any, voice_locked: bool) -> None:
             raise _unknown(f"session.audio.{key}")
     audio_in = audio.get("input") or {}
     audio_out = audio.get("output") or {}
+    for name, part in (("input", audio_in), ("output", audio_out)):
+        if not isinstance(part, dict):
+            raise _type_error(f"session.audio.{name}", "an object")
     for key in audio_in:
         if key not in ("format", "transcription", "noise_reduction", "turn_detection"):
             raise _unknown(f"session.audio.input.{key}")
@@ -307,7 +310,7 @@ def check_voice(value: Any, param: str) -> Any:
                 f"Missing required parameter: '{param}.id'.", f"{param}.id", "missing_required_parameter"
             )
         return {"id": value["id"]}
-    if value not in VOICES:
+    if not isinstance(value, str) or value not in VOICES:
         raise _invalid(value, param, list(VOICES))
     return value
 
@@ -413,7 +416,7 @@ def check_turn_detection(value: Any) -> Json | None:
             raise _type_error(f"{param}.{key}", "a boolean")
     if kind == "semantic_vad":
         eagerness = value.get("eagerness", "auto")
-        if eagerness not in _EAGERNESS_SILENCE_MS:
+        if not isinstance(eagerness, str) or eagerness not in _EAGERNESS_SILENCE_MS:
             raise _invalid(eagerness, f"{param}.eagerness", list(_EAGERNESS_SILENCE_MS))
         return {
             "type": "semantic_vad",

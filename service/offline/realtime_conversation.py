@@ -91,7 +91,7 @@ def check_item(raw: Any, param: str = "item") -> Item:
     if not isinstance(raw, dict):
         raise RealtimeError(f"Invalid type for '{param}': expected an object.", param, "invalid_type")
     kind = raw.get("type")
-    if kind not in _ITEM_KEYS:
+    if not isinstance(kind, str) or kind not in _ITEM_KEYS:
         raise RealtimeError(
             f"Invalid value: '{kind}'. Supported values are: 'message', 'function_call', "
             "'function_call_output'.",
@@ -122,7 +122,7 @@ def check_item(raw: Any, param: str = "item") -> Item:
 
 def _check_message(raw: Json, base: Json, param: str) -> Item:
     role = raw.get("role")
-    if role not in _PART_TYPES:
+    if not isinstance(role, str) or role not in _PART_TYPES:
         raise RealtimeError(
             f"Invalid value: '{role}'. Supported values are: 'user', 'assistant', 'system'.", f"{param}.role"
         )

@@ -44,6 +44,7 @@ from service.offline.realtime_conversation import (
 )
 from service.offline.realtime_events import Json, error_event, event, new_id, pcm_ms
 from service.offline.realtime_response import RealtimeResponse, SocketGone, Voice
+from service.pass_through import json_problem
 from service.vad import silero
 from service.vad.listener import Utterance, VoiceListener
 from service.vad.segmenter import SpeechStarted
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = 24_000
 MIN_COMMIT_MS = 100  # the API refuses to commit less
+MAX_EVENT_DEPTH = 32  # nesting of one event (tool schemas included)
+SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
 # Which fields each client event may carry besides `type` and `event_id`.
 CLIENT_EVENTS: dict[str, frozenset[str]] = {
     "session.update": frozenset({"session"}),
@@ -193,6 +196,9 @@ class _Session:
                 raise RealtimeError(f"The event is not valid JSON ({exc}).", None, "invalid_json") from exc
             if not isinstance(body, dict):
                 raise RealtimeError("An event must be a JSON object.", None, "invalid_type")
+            problem = json_problem(body, "", MAX_EVENT_DEPTH)
+            if problem is not None:  # nothing in an event may be unsendable back (lone surrogates, NaN)
+                raise RealtimeError(f"Invalid '{problem[0]}': it {problem[1]}.", problem[0] or None)
             if isinstance(body.get("event_id"), str):
                 client_event_id = body["event_id"]
             kind = body.get("type")
@@ -206,6 +212,11 @@ class _Session:
             await self._handlers[kind](body)
         except RealtimeError as exc:
             await self.send(error_event(str(exc), exc.code, exc.param, client_event_id))
+        except (SocketGone, asyncio.CancelledError):
+            raise
+        except Exception:  # a bug: said as the API says it, logged, and the session goes on
+            logger.exception("offline realtime: an event failed")
+            await self.send(error_event(SERVER_ERROR, "server_error", None, client_event_id, "server_error"))
 
     # -- session -------------------------------------------------------------------------------------
 
