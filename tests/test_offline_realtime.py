@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -72,15 +73,18 @@ def _client(server: OfflineVoiceServer) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=server.base_url, api_key="offline", max_retries=0)
 
 
-async def _connect(server: OfflineVoiceServer, session: Json | None) -> tuple[Any, AsyncRealtimeConnection]:
-    manager = _client(server).realtime.connect(model=MODEL)
-    connection = await manager.enter()
-    created = await connection.recv()
-    assert isinstance(created, SessionCreatedEvent)
-    if session is not None:
-        await connection.session.update(session=session)  # type: ignore[arg-type]
-        assert (await connection.recv()).type == "session.updated"
-    return manager, connection
+@contextlib.asynccontextmanager
+async def _session(
+    server: OfflineVoiceServer, session: Json | None
+) -> AsyncIterator[AsyncRealtimeConnection]:
+    """A Realtime session through the SDK, configured with `session` (None: the server's defaults)."""
+    async with _client(server).realtime.connect(model=MODEL) as connection:
+        created = await connection.recv()
+        assert isinstance(created, SessionCreatedEvent)
+        if session is not None:
+            await connection.session.update(session=session)  # type: ignore[arg-type]
+            assert (await connection.recv()).type == "session.updated"
+        yield connection
 
 
 async def _until(connection: AsyncRealtimeConnection, kind: str) -> list[Any]:
@@ -117,8 +121,7 @@ def _transcript(events: list[Any]) -> str:
 
 @module_loop
 async def test_text_turn(voice: OfflineVoiceServer) -> None:
-    manager, connection = await _connect(voice, TEXT_ONLY)
-    async with manager:
+    async with _session(voice, TEXT_ONLY) as connection:
         await _say(connection, "Is a golden retriever a good family dog?")
         await connection.response.create()
         events = await _until(connection, "response.done")
@@ -155,10 +158,9 @@ async def test_text_turn(voice: OfflineVoiceServer) -> None:
 @module_loop
 async def test_audio_turn_with_commit(voice: OfflineVoiceServer) -> None:
     speech = utterance("What a lovely morning.")
-    manager, connection = await _connect(
+    async with _session(
         voice, {**SPOKEN, "audio": {**SPOKEN["audio"], "output": {"voice": "ash"}}}
-    )
-    async with manager:
+    ) as connection:
         for start in range(0, len(speech), 4800):
             await connection.input_audio_buffer.append(
                 audio=base64.b64encode(speech[start : start + 4800]).decode()
@@ -192,9 +194,8 @@ async def test_audio_turn_with_commit(voice: OfflineVoiceServer) -> None:
 @module_loop
 async def test_server_vad_commits_and_answers(voice: OfflineVoiceServer) -> None:
     """The API's default turn detection: speech then silence is a turn, answered without a commit."""
-    manager, connection = await _connect(voice, None)
     speech = silence(400) + utterance("Tell me about the weather today.") + silence(900)
-    async with manager:
+    async with _session(voice, None) as connection:
         for start in range(0, len(speech), 960):
             await connection.input_audio_buffer.append(
                 audio=base64.b64encode(speech[start : start + 960]).decode()
@@ -217,8 +218,7 @@ async def test_server_vad_commits_and_answers(voice: OfflineVoiceServer) -> None
 
 @module_loop
 async def test_cancel_mid_answer_then_truncate(paced: OfflineVoiceServer) -> None:
-    manager, connection = await _connect(paced, SPOKEN)
-    async with manager:
+    async with _session(paced, SPOKEN) as connection:
         await _say(connection, "Please tell me a long story about a lighthouse keeper and the sea.")
         await connection.response.create()
         heard = await _until(connection, "response.output_audio.delta")
@@ -257,8 +257,7 @@ async def test_cancel_mid_answer_then_truncate(paced: OfflineVoiceServer) -> Non
 @module_loop
 async def test_tool_call_round_trip(voice: OfflineVoiceServer) -> None:
     session = {**TEXT_ONLY, "tools": [WEATHER_TOOL], "tool_choice": "auto", "parallel_tool_calls": False}
-    manager, connection = await _connect(voice, session)
-    async with manager:
+    async with _session(voice, session) as connection:
         await _say(connection, "Use get_weather for Paris")
         await connection.response.create()
         called = await _until(connection, "response.done")
@@ -280,8 +279,7 @@ async def test_tool_call_round_trip(voice: OfflineVoiceServer) -> None:
 @module_loop
 async def test_spoken_tool_call_says_a_preamble_first(voice: OfflineVoiceServer) -> None:
     session = {**SPOKEN, "tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "name": "get_weather"}}
-    manager, connection = await _connect(voice, session)
-    async with manager:
+    async with _session(voice, session) as connection:
         await _say(connection, "How is it in Oslo")
         await connection.response.create()
         events = await _until(connection, "response.done")
@@ -293,8 +291,7 @@ async def test_spoken_tool_call_says_a_preamble_first(voice: OfflineVoiceServer)
 
 @module_loop
 async def test_max_output_tokens_ends_incomplete(voice: OfflineVoiceServer) -> None:
-    manager, connection = await _connect(voice, TEXT_ONLY)
-    async with manager:
+    async with _session(voice, TEXT_ONLY) as connection:
         await _say(connection, "Is a golden retriever a good family dog?")
         await connection.response.create(response={"max_output_tokens": 5})
         events = await _until(connection, "response.done")
@@ -306,8 +303,7 @@ async def test_max_output_tokens_ends_incomplete(voice: OfflineVoiceServer) -> N
 
 @module_loop
 async def test_out_of_band_response_leaves_the_conversation_alone(voice: OfflineVoiceServer) -> None:
-    manager, connection = await _connect(voice, TEXT_ONLY)
-    async with manager:
+    async with _session(voice, TEXT_ONLY) as connection:
         item: Any = {
             "type": "message",
             "role": "user",
@@ -410,8 +406,7 @@ BAD_EVENTS: list[tuple[Json | str, str | None, str | None]] = [
 
 @module_loop
 async def test_bad_events_get_error_events_and_the_session_goes_on(voice: OfflineVoiceServer) -> None:
-    manager, connection = await _connect(voice, TEXT_ONLY)
-    async with manager:
+    async with _session(voice, TEXT_ONLY) as connection:
         for index, (bad, code, param) in enumerate(BAD_EVENTS):
             if isinstance(bad, dict):
                 await connection.send_raw(json.dumps({**bad, "event_id": f"evt_{index}"}))
@@ -432,8 +427,7 @@ async def test_bad_events_get_error_events_and_the_session_goes_on(voice: Offlin
 
 @module_loop
 async def test_voice_is_fixed_once_the_model_has_spoken(voice: OfflineVoiceServer) -> None:
-    manager, connection = await _connect(voice, SPOKEN)
-    async with manager:
+    async with _session(voice, SPOKEN) as connection:
         await _say(connection, "hello")
         await connection.response.create()
         await _until(connection, "response.done")
@@ -456,13 +450,11 @@ async def test_binary_frames_are_refused_by_name(voice: OfflineVoiceServer) -> N
 async def test_limits_sessions_length_and_input_buffer() -> None:
     limits = RealtimeLimits(max_sessions=1, max_session_seconds=1.0, max_input_buffer_bytes=4800)
     async with OfflineVoiceServer(OfflineVoiceSettings(realtime_limits=limits)) as server:
-        manager, connection = await _connect(server, TEXT_ONLY)
-        async with manager:
-            refused_manager = _client(server).realtime.connect(model=MODEL)
-            refused = await refused_manager.enter()
-            assert (await _error(refused)).code == "session_limit_reached"
-            with pytest.raises(websockets.ConnectionClosedError) as closed:
-                await refused.recv()
+        async with _session(server, TEXT_ONLY) as connection:
+            async with _client(server).realtime.connect(model=MODEL) as refused:
+                assert (await _error(refused)).code == "session_limit_reached"
+                with pytest.raises(websockets.ConnectionClosedError) as closed:
+                    await refused.recv()
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
             await connection.input_audio_buffer.append(audio=base64.b64encode(bytes(4800)).decode())
             await connection.input_audio_buffer.append(audio=base64.b64encode(bytes(2)).decode())
@@ -476,8 +468,9 @@ async def test_limits_sessions_length_and_input_buffer() -> None:
         async with asyncio.timeout(5):
             while server.realtime_sessions:  # noqa: ASYNC110 (the count lives in another task)
                 await asyncio.sleep(0.01)
-        manager, _ = await _connect(server, None)
-        await manager.__aexit__(None, None, None)
+        async with _session(server, TEXT_ONLY) as again:  # configured: served, not refused
+            await again.session.update(session={"type": "realtime"})
+            assert (await again.recv()).type == "session.updated"
 
 
 HOSTILE: list[Any] = [None, True, -1, 1e300, "", "\ud800", [], [{}], {}, {"type": {}}]
