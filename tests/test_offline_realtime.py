@@ -29,6 +29,8 @@ from openai.types.realtime import (
 
 from service.offline.answer import OFFLINE_NOTE, compose_answer
 from service.offline.app import OfflineVoiceSettings
+from service.offline.realtime_config import RealtimeError
+from service.offline.realtime_conversation import Conversation, Item, check_item
 from service.offline.realtime_session import RealtimeLimits
 from service.offline.server import OfflineVoiceServer
 from service.offline.speech import synthesize
@@ -575,3 +577,37 @@ async def test_hostile_values_anywhere_get_error_events_never_a_crash(voice: Off
     async with asyncio.timeout(5):
         while voice.realtime_sessions:  # noqa: ASYNC110 (the count lives in another task)
             await asyncio.sleep(0.01)
+
+
+def test_conversation_keeps_order_and_its_bounds() -> None:
+    """Items go where `previous_item_id` says; past either bound the oldest go first, never the newest."""
+
+    def text_item(item_id: str, words: str = "hi") -> Item:
+        return check_item(
+            {
+                "id": item_id,
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": words}],
+            }
+        )
+
+    conversation = Conversation(max_items=3, max_chars=10_000)
+    assert conversation.add(text_item("a")) is None
+    assert conversation.add(text_item("b")) == "a"
+    assert conversation.add(text_item("c"), previous_item_id="root") is None
+    assert conversation.add(text_item("d"), previous_item_id="c") == "c"
+    assert [item.id for item in conversation.items()] == ["d", "a", "b"]  # c, the oldest in order, dropped
+    with pytest.raises(RealtimeError) as duplicate:
+        conversation.add(text_item("a"))
+    assert duplicate.value.code == "item_id_already_exists"
+    with pytest.raises(RealtimeError) as missing:
+        conversation.add(text_item("e"), previous_item_id="zzz")
+    assert missing.value.param == "previous_item_id"
+    size = len(json.dumps(text_item("i0", "word " * 60).json))
+    small = Conversation(max_items=100, max_chars=3 * size + 10)
+    for index in range(5):
+        small.add(text_item(f"i{index}", "word " * 60))
+    assert [item.id for item in small.items()] == ["i2", "i3", "i4"]
+    small.add(text_item("huge", "word " * 1000))
+    assert [item.id for item in small.items()] == ["huge"], "one item over the bound is still kept"
