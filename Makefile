@@ -73,6 +73,7 @@ fuzz: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks.codecs
+	$(BIN)/python -m benchmarks.edge_memory
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 # Every transport under steady load with upstream and client faults at random, about 10 minutes

@@ -282,9 +282,10 @@ def test_bad_values_are_rejected(
             "core.autoscaling.minReplicas (12) is over core.autoscaling.maxReplicas (10)",
         ),
         (
-            {"edge": {"resumeBufferBytes": 300 * MIB}},
-            "edge.resumeBufferBytes (314572800) + edge.memoryHeadroom (256Mi) exceed "
-            "edge.resources.limits.memory (512Mi)",
+            # 5/4 of 210 MiB is 262.5 MiB: with the 256Mi headroom, over the 512Mi limit.
+            {"edge": {"resumeBufferBytes": 210 * MIB}},
+            "5/4 of edge.resumeBufferBytes (220200960; buffers take about 1.2 times what they count) + "
+            "edge.memoryHeadroom (256Mi) exceed edge.resources.limits.memory (512Mi)",
         ),
         (
             {"edge": {"resources": {"limits": {"memory": "200Mi"}}}},
@@ -794,17 +795,19 @@ def test_resume_buffers_fit_under_the_edge_memory_limit(chart: helm.Chart, manif
         limit = quantity_bytes(container(deployment)["resources"]["limits"]["memory"])
         cap = int(env(deployment)["AUDIOCHAT_RESUME_BUFFER_BYTES"]["value"])
         headroom = quantity_bytes(chart.values["edge"]["memoryHeadroom"])
-        assert 0 < cap <= limit - headroom
+        # Full buffers took 1.18-1.21 times their bytes in the process (python -m benchmarks.edge_memory).
+        assert 0 < cap * 1.25 <= limit - headroom
 
 
 @pytest.mark.parametrize(
     ("edge", "cap"),
     [
-        ({}, 256 * MIB),  # the application's own default, now with room around it
-        ({"resources": {"limits": {"memory": "1Gi"}}}, 768 * MIB),
-        ({"resources": {"limits": {"memory": "0.75Gi"}}, "memoryHeadroom": "128Mi"}, 640 * MIB),
-        ({"resources": {"limits": {"memory": "600M"}}}, 600_000_000 - 256 * MIB),
+        ({}, 256 * MIB * 4 // 5),  # (512Mi - 256Mi) * 4/5
+        ({"resources": {"limits": {"memory": "1Gi"}}}, 768 * MIB * 4 // 5),
+        ({"resources": {"limits": {"memory": "0.75Gi"}}, "memoryHeadroom": "128Mi"}, 512 * MIB),
+        ({"resources": {"limits": {"memory": "600M"}}}, (600_000_000 - 256 * MIB) * 4 // 5),
         ({"resumeBufferBytes": 64 * MIB}, 64 * MIB),
+        ({"resumeBufferBytes": 204 * MIB}, 204 * MIB),  # 5/4 of it is 255 MiB: fits
         ({"resources": {"limits": {"memory": None}}}, None),  # no limit: the application's default
     ],
 )

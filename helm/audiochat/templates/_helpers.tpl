@@ -139,9 +139,10 @@ A memory quantity ("256Mi", "1G", "0.5Gi", 536870912) in bytes, as an integer. T
 
 {{/*
 The edge's cap on all resume buffers together, in bytes (AUDIOCHAT_RESUME_BUFFER_BYTES), or "" to keep the
-application's default when the edge has no memory limit. Derived from the limit when not set, and refused
-when the cap plus the memory the edge needs besides it exceeds the limit: full buffers would get the pod
-OOM-killed before the cap applied.
+application's default when the edge has no memory limit. Full buffers take about 1.2 times the bytes they
+count in the process (benchmarks/edge_memory.py), so they are given 5/4 of the cap: derived as
+(limit - headroom) * 4/5 when not set, and refused when 5/4 of it plus the headroom exceeds the limit, as
+full buffers would get the pod OOM-killed before the cap applied.
 */}}
 {{- define "audiochat.edge.resumeBufferBytes" -}}
 {{- $edge := .Values.edge }}
@@ -151,12 +152,12 @@ OOM-killed before the cap applied.
 {{- $limitBytes := include "audiochat.bytes" (dict "quantity" $limit "name" "edge.resources.limits.memory") | int64 }}
 {{- $headroom := include "audiochat.bytes" (dict "quantity" $edge.memoryHeadroom "name" "edge.memoryHeadroom") | int64 }}
 {{- if kindIs "invalid" $cap }}
-{{- $cap = sub $limitBytes $headroom }}
+{{- $cap = div (mul (sub $limitBytes $headroom) 4) 5 }}
 {{- if le $cap 0 }}
 {{- fail (printf "edge.resources.limits.memory (%s) leaves nothing for resume buffers after edge.memoryHeadroom (%s): raise the limit" $limit $edge.memoryHeadroom) }}
 {{- end }}
-{{- else if gt (add $cap $headroom) $limitBytes }}
-{{- fail (printf "edge.resumeBufferBytes (%d) + edge.memoryHeadroom (%s) exceed edge.resources.limits.memory (%s): full resume buffers would get the pod OOM-killed before the cap applies; raise the limit, lower the cap, or leave resumeBufferBytes null to derive it from the limit" (int64 $cap) $edge.memoryHeadroom $limit) }}
+{{- else if gt (add (div (mul $cap 5) 4) $headroom) $limitBytes }}
+{{- fail (printf "5/4 of edge.resumeBufferBytes (%d; buffers take about 1.2 times what they count) + edge.memoryHeadroom (%s) exceed edge.resources.limits.memory (%s): full resume buffers would get the pod OOM-killed before the cap applies; raise the limit, lower the cap, or leave resumeBufferBytes null to derive it from the limit" (int64 $cap) $edge.memoryHeadroom $limit) }}
 {{- end }}
 {{- end }}
 {{- if not (kindIs "invalid" $cap) }}{{ $cap | int64 }}{{ end }}
