@@ -1256,3 +1256,12 @@ def test_every_object_in_the_schema_refuses_unknown_keys(chart: helm.Chart) -> N
 
     walk(schema, "")
     assert open_objects == []
+
+
+def test_the_readmes_production_values_render(render: Callable[[dict[str, Any]], dict[str, str]]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    [block] = [block for block in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S) if "redis:" in block]
+    manifests = Rendering(objects(render(yaml.safe_load(block))))
+    assert redis_url_source(manifests) == ("redis", "redis-url")
+    assert {component(item) for item in manifests.of_kind("ScaledObject")} == {"core", "edge"}
+    assert manifests.of_kind("HorizontalPodAutoscaler") == []
