@@ -626,6 +626,14 @@ def test_every_variable_set_is_one_the_application_reads(manifests: Rendering) -
         assert ours - {"EXTRA"} <= known, component(deployment)
 
 
+def test_model_is_the_applications_unless_set(render: Callable[[dict[str, Any]], dict[str, str]]) -> None:
+    # The application's default follows the upstream; a chart default would pin one upstream's model.
+    for deployment in Rendering(objects(render({}))).deployments():
+        assert "AUDIOCHAT_MODEL" not in env(deployment)
+    for deployment in Rendering(objects(render({"config": {"model": "gpt-audio"}}))).deployments():
+        assert env(deployment)["AUDIOCHAT_MODEL"]["value"] == "gpt-audio"
+
+
 def test_without_a_key_there_is_no_secret(render: Callable[[dict[str, Any]], dict[str, str]]) -> None:
     manifests = Rendering(objects(render({})))
     assert manifests.of_kind("Secret") == []
