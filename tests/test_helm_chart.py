@@ -751,6 +751,7 @@ def test_tuned_values_reach_the_pods(render: Callable[[dict[str, Any]], dict[str
         "AUDIOCHAT_RESUME_SECONDS": "30",
         "AUDIOCHAT_RESUME_BUFFER_BYTES": "4194304",
         "AUDIOCHAT_SSE_TURN_BUFFER_BYTES": "1048576",
+        "AUDIOCHAT_SSE_ORPHAN_SECONDS": "30",
         "AUDIOCHAT_HTTP_PORT": "9000",
     }
     assert {name: core[name]["value"] for name in expected_core} == expected_core

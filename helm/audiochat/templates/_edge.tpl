@@ -50,6 +50,10 @@ readinessProbe:
 - name: AUDIOCHAT_MAX_BODY_BYTES
   value: {{ . | int64 | quote }}
 {{- end }}
+{{- with .values.sseOrphanSeconds }}
+- name: AUDIOCHAT_SSE_ORPHAN_SECONDS
+  value: {{ . | int64 | quote }}
+{{- end }}
 {{- with .values.sseTurnBufferBytes }}
 - name: AUDIOCHAT_SSE_TURN_BUFFER_BYTES
   value: {{ . | int64 | quote }}
