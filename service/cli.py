@@ -17,6 +17,7 @@ from service.client import ClientError, audio_input_from_file, offer_tools, run_
 from service.listen import ListenError
 from service.runner import serve
 from service.settings import Settings, from_environment
+from service.upstream_registry import KINDS
 
 DEFAULT_TARGET = "localhost:50051"
 
@@ -40,11 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--target", help="the core's gRPC address, for --role edge")
     run.add_argument("--http-port", type=int, help="HTTP port of the edge (default 8080)")
     run.add_argument(
-        "--upstream", choices=("openai", "offline"), help="default: openai if OPENAI_API_KEY is set"
+        "--upstream",
+        choices=tuple(KINDS),
+        help="openai (Chat Completions), openai-realtime (the Realtime API) or offline; default: openai if "
+        "OPENAI_API_KEY is set, else offline",
     )
     run.add_argument("--bind", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     run.add_argument("--grpc-port", type=int, help="gRPC port (default 50051)")
-    run.add_argument("--model", help="default model (default gpt-4o-audio-preview)")
+    run.add_argument(
+        "--model", help="default model (default gpt-4o-audio-preview; gpt-realtime with openai-realtime)"
+    )
     run.add_argument("--voice", help="default voice (default alloy)")
     run.add_argument("--drain-seconds", type=float, help="grace for running turns on SIGTERM (default 25)")
     run.add_argument(

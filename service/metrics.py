@@ -100,6 +100,12 @@ INTERRUPTIONS = Counter("audiochat_interruptions_total", "Answers stopped by the
 AUDIO_SECONDS = Counter("audiochat_audio_seconds_total", "Seconds of audio relayed.", ["direction"])
 TOKENS = Counter("audiochat_tokens_total", "Tokens the upstream reported.", ["direction", "modality"])
 UPSTREAM_ERRORS = Counter("audiochat_upstream_errors_total", "Failed upstream turns by status.", ["code"])
+# The Realtime API reports what is left of its limits (`rate_limits.updated`); `limit` is requests or tokens.
+UPSTREAM_RATE_LIMIT_REMAINING = Gauge(
+    "audiochat_upstream_rate_limit_remaining",
+    "What the upstream last said is left of its rate limit, by upstream and limit (requests, tokens).",
+    ["upstream", "limit"],
+)
 RESUMES = Counter(
     "audiochat_resumes_total", "SSE reconnections with Last-Event-ID.", ["result"], registry=EDGE_REGISTRY
 )

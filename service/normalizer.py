@@ -43,6 +43,8 @@ FINISH_REASONS: dict[str, pb.FinishReason.ValueType] = {
     "content_filter": pb.FINISH_REASON_CONTENT_FILTER,
     "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
     "function_call": pb.FINISH_REASON_TOOL_CALLS,
+    # Never sent by Chat Completions: a cancelled Realtime response (service.realtime_mapping).
+    "interrupted": pb.FINISH_REASON_INTERRUPTED,
 }
 
 

@@ -6,44 +6,18 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 
 from adapters.edge_server import EdgeServer
 from service import metrics
 from service.embedded_http import EmbeddedHTTPServer
 from service.listen import listen_error, probe_all, reason
-from service.offline.app import OfflineVoiceSettings
-from service.offline.server import OfflineVoiceServer
 from service.server import AudioChatServer
 from service.settings import Settings
-from service.upstream import OpenAIUpstream, Upstream
+from service.upstream_registry import open_upstream
 
 log = logging.getLogger(__name__)
 CORE_POLL_SECONDS = 1.0  # how often an edge whose core is not ready checks again
-
-
-@asynccontextmanager
-async def open_upstream(settings: Settings) -> AsyncIterator[Upstream]:
-    """The configured upstream; the offline voice is started in-process and reached over loopback HTTP."""
-    async with AsyncExitStack() as stack:
-        if settings.upstream_kind == "offline":
-            voice = OfflineVoiceServer(OfflineVoiceSettings(realtime_factor=settings.offline_realtime_factor))
-            await stack.enter_async_context(voice)
-            base_url: str | None = voice.base_url
-            api_key = "offline"
-            log.info("no OPENAI_API_KEY: answering with the offline voice", extra={"base_url": base_url})
-        else:
-            base_url, api_key = settings.openai_base_url or None, settings.openai_api_key
-        upstream = OpenAIUpstream(
-            api_key=api_key,
-            base_url=base_url,
-            deadlines=settings.deadlines,
-        )
-        stack.push_async_callback(upstream.close)
-        if settings.upstream_kind == "openai":
-            log.info("upstream: OpenAI Chat Completions", extra={"base_url": upstream.base_url})
-        yield upstream
 
 
 async def _ready_when_the_core_is(edge: EdgeServer) -> None:
@@ -101,7 +75,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             "audiochat ready",
             extra={
                 "upstream": settings.upstream_kind,
-                "model": settings.model,
+                "model": settings.default_model,
                 "role": settings.role,
                 "grpc_port": server.port,
                 "http_port": local_edge.port if local_edge is not None else None,

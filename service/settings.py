@@ -19,8 +19,14 @@ class Settings:
 
     openai_api_key: str = field(default="", repr=False)
     openai_base_url: str = ""
-    upstream: str = ""  # "openai" or "offline"; empty means openai when a key is set, else offline
-    model: str = "gpt-4o-audio-preview"
+    # A kind of service.upstream_registry.KINDS (openai, openai-realtime, offline...); empty means openai when
+    # a key is set, else offline.
+    upstream: str = ""
+    model: str = ""  # empty: the upstream kind's own default (gpt-4o-audio-preview, gpt-realtime)
+    # The model-name mapping (service.upstream_routing): comma-separated prefixes of the models each API
+    # answers whatever AUDIOCHAT_UPSTREAM says; other models go to the upstream's own API.
+    realtime_models: str = "gpt-realtime,gpt-4o-realtime,gpt-4o-mini-realtime"
+    chat_completions_models: str = "gpt-4o-audio,gpt-4o-mini-audio,gpt-audio"
     voice: str = "alloy"
     bind: str = (
         "127.0.0.1"  # all three ports; loopback unless told otherwise (the image and chart say 0.0.0.0)
@@ -80,9 +86,17 @@ class Settings:
         return self.upstream or ("openai" if self.openai_api_key else "offline")
 
     @property
+    def default_model(self) -> str:
+        """The model when a request names none: AUDIOCHAT_MODEL, else the upstream kind's."""
+        from service.upstream_registry import KINDS  # the registry imports the upstreams, which import this
+
+        kind = KINDS.get(self.upstream_kind)
+        return self.model or (kind.default_model if kind is not None else Defaults().model)
+
+    @property
     def defaults(self) -> Defaults:
         """Defaults for what a TurnConfig leaves empty."""
-        return Defaults(model=self.model, voice=self.voice)
+        return Defaults(model=self.default_model, voice=self.voice)
 
     @property
     def deadlines(self) -> Deadlines:
@@ -109,14 +123,17 @@ class Settings:
     def validated(self) -> Settings:
         """Self, or a ValueError naming the first bad setting."""
         # Each message names both ways to give the setting: the user may have used either.
-        if self.upstream_kind not in ("openai", "offline"):
+        from service.upstream_registry import KINDS  # as in default_model
+
+        kind = KINDS.get(self.upstream_kind)
+        if kind is None:
             raise ValueError(
-                "upstream (--upstream or AUDIOCHAT_UPSTREAM) must be openai or offline, "
+                f"upstream (--upstream or AUDIOCHAT_UPSTREAM) must be one of {', '.join(KINDS)}, "
                 f"not {self.upstream!r}"
             )
-        if self.upstream_kind == "openai" and not self.openai_api_key:
+        if kind.needs_key and not self.openai_api_key:
             raise ValueError(
-                "upstream openai (--upstream or AUDIOCHAT_UPSTREAM) needs a key: set OPENAI_API_KEY"
+                f"upstream {kind.name} (--upstream or AUDIOCHAT_UPSTREAM) needs a key: set OPENAI_API_KEY"
             )
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(

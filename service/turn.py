@@ -13,8 +13,9 @@ from service.answer_audio import AnswerEncoder
 from service.errors import TurnFailed, UpstreamFailure
 from service.normalizer import MAX_AUDIO_DELTA_BYTES, SAMPLE_RATE_HZ, Normalizer, Outcome
 from service.turn_input import Entry, TurnSettings, UserEntry
-from service.upstream import ChunkStream, Upstream
+from service.upstream import AnswerStream, Upstream
 from service.upstream_request import build_params, refers_to_audio_ids
+from service.upstream_routing import api_name, takes_audio_ids
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class Turn:
         # Server VAD: when the user stopped speaking (perf_counter), for the wait users feel.
         self.speech_ended_at: float | None = None
         self.upstream_request_id = ""
+        # Which API answers (`chat_completions` or `realtime`): the bounded `upstream` metric label.
+        self.upstream_api = api_name(upstream, settings.model)
         self.completion: pb.TurnCompleted | None = None
         # When the chunk behind the event being handed out was read: the start of the gateway's own latency.
         self.chunk_read_at = self.accepted_at
@@ -101,9 +104,11 @@ class Turn:
                 outcome.reason, outcome.error = pb.FINISH_REASON_ERROR, error
         yield self._complete(outcome)
 
-    async def _open(self, stack: AsyncExitStack) -> ChunkStream:
+    async def _open(self, stack: AsyncExitStack) -> AnswerStream:
+        # The Realtime API has no use for Chat Completions audio ids: earlier answers go as their text.
+        use_ids = takes_audio_ids(self._upstream, self.settings.model)
         try:
-            return await stack.enter_async_context(self._upstream.open(self._params(use_audio_ids=True)))
+            return await stack.enter_async_context(self._upstream.open(self._params(use_audio_ids=use_ids)))
         except TurnFailed as exc:
             # Ids can expire before their announced time; the transcripts say the same thing.
             if exc.failure.upstream_code != "audio_not_found" or not refers_to_audio_ids(self._history):

@@ -134,10 +134,22 @@ class ChunkStream:
             raise TurnFailed(failure) from None
 
 
+class AnswerStream(Protocol):
+    """One open answer, as Chat Completions chunks whatever the upstream's wire format (ChunkStream, or
+    service.realtime_upstream.RealtimeStream)."""
+
+    request_id: str  # the upstream's id for the request, for logs; may be empty
+    saw_done: bool  # whether the upstream said the answer is complete ([DONE], response.done)
+
+    def chunks(self) -> AsyncIterator[object]:
+        """The chunks in arrival order; raises TurnFailed on a broken connection or a passed deadline."""
+        ...
+
+
 class Upstream(Protocol):
     """Something that opens a streamed chat completion for the given request parameters."""
 
-    def open(self, params: Mapping[str, Any]) -> AbstractAsyncContextManager[ChunkStream]:
+    def open(self, params: Mapping[str, Any]) -> AbstractAsyncContextManager[AnswerStream]:
         """Open the stream; raise TurnFailed if the upstream refuses before streaming."""
         ...
 
