@@ -43,6 +43,7 @@ from service.turn_input import (
     user_entry_off_loop,
 )
 from service.upstream import Upstream
+from service.upstream_routing import end_conversation, for_conversation, truncate_heard
 from service.vad.listener import Utterance
 from service.vad.segmenter import SpeechStarted
 
@@ -123,7 +124,9 @@ class Conversation:
             history if history is not None else history_entries(config.history, limits)
         )
         self.outbox = Outbox()
-        self._upstream = upstream
+        self._shared_upstream = upstream
+        # The Realtime API gets one session per conversation (opened now, closed with the call).
+        self._upstream = for_conversation(upstream, self.settings.model)
         self._limits = limits
         self._on_turn_end = on_turn_end
         self._on_heard_part = on_heard_part
@@ -268,6 +271,7 @@ class Conversation:
             if isinstance(entry, AssistantEntry):
                 self.history[index] = AssistantEntry(heard_part(entry.text, played_ms, audio_ms))
                 self._estimated = (index, entry.text, audio_ms)
+                await truncate_heard(self._upstream, played_ms)
             self._last_answer = None
             self._on_barge_in()
 
@@ -351,6 +355,7 @@ class Conversation:
         if turn.finished:
             return False
         interrupted = turn.interrupted(played_ms)
+        await truncate_heard(self._upstream, interrupted.completed.played_ms)
         self.outbox.put_now((pb.ConverseResponse(event=interrupted), turn, turn.chunk_read_at))
         self._remember(turn)
         self._on_turn_end(turn)
@@ -360,6 +365,7 @@ class Conversation:
         if await self._stop_turn(played_ms):
             return
         if self._estimated is not None:
+            await truncate_heard(self._upstream, played_ms)
             self._correct_estimate(played_ms)
             return
         self._cancel_tool_calls()
@@ -369,6 +375,7 @@ class Conversation:
             entry = self.history[index]
             if isinstance(entry, AssistantEntry) and played_ms < audio_ms:
                 self.history[index] = AssistantEntry(heard_part(entry.text, played_ms, audio_ms))
+                await truncate_heard(self._upstream, played_ms)
                 self._on_heard_part(played_ms)
             self._last_answer = None
 
@@ -440,6 +447,7 @@ class Conversation:
         self.cancel()
         if self._task is not None:
             await asyncio.wait([self._task])
+        await end_conversation(self._upstream, self._shared_upstream)
 
 
 def overloaded_failure(exc: Overloaded) -> UpstreamFailure:

@@ -54,10 +54,14 @@ LATENCY_BUCKETS = (
 # The gateway's own per-event latency lives far below the turn-level buckets.
 RELAY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.1, 0.25, 1)
 
+# The API that answered a turn (service.upstream_routing): a bounded label, so time to first audio and turns
+# compare per upstream.
+UPSTREAM_APIS = ("chat_completions", "realtime")
+
 TIME_TO_FIRST_AUDIO = Histogram(
     "audiochat_time_to_first_audio_seconds",
-    "Turn accepted to its first audio delta handed to the client's transport.",
-    ["transport"],
+    "Turn accepted to its first audio delta handed to the client's transport, by transport and upstream API.",
+    ["transport", "upstream"],
     buckets=LATENCY_BUCKETS,
 )
 TIME_TO_FIRST_TEXT = Histogram(
@@ -68,7 +72,8 @@ TIME_TO_FIRST_TEXT = Histogram(
 )
 UPSTREAM_TIME_TO_FIRST_BYTE = Histogram(
     "audiochat_upstream_time_to_first_byte_seconds",
-    "Upstream request sent to its first streamed chunk.",
+    "Upstream request sent to its first streamed chunk, by upstream API.",
+    ["upstream"],
     buckets=LATENCY_BUCKETS,
 )
 TURN_DURATION = Histogram(
@@ -95,7 +100,11 @@ RUNNING_TURNS = Gauge(
     "audiochat_running_turns", "Turns running now, each holding an upstream stream.", ["transport"]
 )
 OPEN_CONVERSATIONS = Gauge("audiochat_open_conversations", "Converse calls open now.", ["transport"])
-TURNS = Counter("audiochat_turns_total", "Turns by how they ended.", ["transport", "outcome"])
+TURNS = Counter(
+    "audiochat_turns_total",
+    "Turns by how they ended, and the upstream API.",
+    ["transport", "outcome", "upstream"],
+)
 INTERRUPTIONS = Counter("audiochat_interruptions_total", "Answers stopped by the client.", ["transport"])
 AUDIO_SECONDS = Counter("audiochat_audio_seconds_total", "Seconds of audio relayed.", ["direction"])
 TOKENS = Counter("audiochat_tokens_total", "Tokens the upstream reported.", ["direction", "modality"])
@@ -180,7 +189,7 @@ BUILD_INFO.info({"version": _version(), "python": platform.python_version()})
 class TransportMetrics:
     """The label children of one transport, resolved once."""
 
-    first_audio: Histogram
+    first_audio: dict[str, Histogram]  # by upstream API
     first_text: Histogram
     relay_added: Histogram
     active: Gauge
@@ -194,7 +203,7 @@ class TransportMetrics:
 def for_transport(transport: str) -> TransportMetrics:
     """Cached children for a transport (the transport set is bounded by the servicer)."""
     return TransportMetrics(
-        first_audio=TIME_TO_FIRST_AUDIO.labels(transport),
+        first_audio={api: TIME_TO_FIRST_AUDIO.labels(transport, api) for api in UPSTREAM_APIS},
         first_text=TIME_TO_FIRST_TEXT.labels(transport),
         relay_added=RELAY_ADDED.labels(transport),
         active=ACTIVE_STREAMS.labels(transport),
@@ -234,9 +243,11 @@ def record_audio(seconds_in: float, seconds_out: float) -> None:
         _AUDIO_OUT.inc(seconds_out)
 
 
-def record_turn(transport: str, outcome: str, duration_seconds: float, error_code: str | None) -> None:
-    """Count a finished turn and its duration."""
-    TURNS.labels(transport, outcome).inc()
+def record_turn(
+    transport: str, outcome: str, duration_seconds: float, error_code: str | None, upstream: str
+) -> None:
+    """Count a finished turn (by the upstream API that answered it) and its duration."""
+    TURNS.labels(transport, outcome, upstream).inc()
     TURN_DURATION.labels(transport, outcome).observe(duration_seconds)
     if outcome == "interrupted":
         for_transport(transport).interruptions.inc()

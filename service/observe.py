@@ -24,7 +24,7 @@ def event_sent(meter: TransportMetrics, turn: Turn, event: pb.TurnEvent, read_at
     meter.relay_added.observe(now - read_at)
     if turn.first_audio_at is None and event.HasField("audio"):
         turn.first_audio_at = now
-        meter.first_audio.observe(now - turn.accepted_at)
+        meter.first_audio[turn.upstream_api].observe(now - turn.accepted_at)
         if turn.speech_ended_at is not None:
             metrics.SPEECH_TO_FIRST_AUDIO.observe(max(now - turn.speech_ended_at, 0.0))
     elif turn.first_text_at is None and event.HasField("text"):
@@ -72,12 +72,14 @@ def turn_finished(turn: Turn, transport: str, ended_at: float) -> None:
     outcome = outcome_name(turn)
     audio_in = turn.user.audio.duration_ms / 1000 if turn.user.audio else 0.0
     audio_out = completion.audio_samples / SAMPLE_RATE_HZ if completion is not None else 0.0
-    metrics.record_turn(transport, outcome, ended_at - turn.accepted_at, error_code)
+    metrics.record_turn(transport, outcome, ended_at - turn.accepted_at, error_code, turn.upstream_api)
     metrics.record_audio(audio_in, audio_out)
     if turn.usage is not None:
         metrics.record_usage(turn.usage)
     if turn.upstream_first_byte_at is not None:
-        metrics.UPSTREAM_TIME_TO_FIRST_BYTE.observe(turn.upstream_first_byte_at - turn.accepted_at)
+        metrics.UPSTREAM_TIME_TO_FIRST_BYTE.labels(turn.upstream_api).observe(
+            turn.upstream_first_byte_at - turn.accepted_at
+        )
     # A failure is worth a look: warning, with the reason and the request id to quote to the upstream.
     log.log(
         logging.WARNING if error is not None else logging.INFO,

@@ -251,6 +251,10 @@ class EventTranslator:
             return [{"error": error if isinstance(error, Mapping) else {"message": str(error)}}]
         return []
 
+    def call_ids(self) -> list[str]:
+        """The ids of the answer's function calls, in call order."""
+        return sorted(self._calls, key=self._calls.__getitem__)
+
     def _call_started(self, item: Mapping[str, Any]) -> dict[str, Any]:
         call_id = str(item.get("call_id") or "")
         index = self._calls.setdefault(call_id, len(self._calls))

@@ -156,6 +156,8 @@ class RealtimeStream:
         self.saw_done = False
         self.translator = EventTranslator()
         self.session_id = ""
+        # Client events of earlier turns (a truncate between turns): an error they caused is not this turn's.
+        self.earlier_events: frozenset[str] = frozenset()
 
     async def next_event(self, deadline: float, waiting_for: str) -> dict[str, Any]:
         """The next server event (a JSON object) before the loop time `deadline`.
@@ -207,7 +209,11 @@ class RealtimeStream:
             kind = event.get("type")
             if kind == "error":
                 error = event.get("error")
-                raise TurnFailed(failure_from_error_event(error if isinstance(error, Mapping) else {}))
+                error = error if isinstance(error, Mapping) else {}
+                if error.get("event_id") in self.earlier_events:
+                    log.info("Realtime error for an earlier event: %s", error.get("message"))
+                    continue
+                raise TurnFailed(failure_from_error_event(error))
             if kind == "response.created":
                 self.translator.feed(event)
                 self.request_id = self.request_id or self.translator.response_id
@@ -332,6 +338,14 @@ class RealtimeUpstream:
         finally:
             await stream.cancel()
             await close_quietly(connection)
+
+    def conversation(self, model: str) -> Any:
+        """A session for one Converse call (service.realtime_session), starting to connect now."""
+        from service.realtime_session import RealtimeConversation  # it builds on this module
+
+        session = RealtimeConversation(self, model)
+        session.start()
+        return session
 
     async def list_models(self) -> list[pb.Model] | None:
         """The Realtime API has no listing of its own."""

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from audiochat.v1 import audiochat_pb2 as pb
+from service.metrics import UPSTREAM_APIS
 from service.upstream import AnswerStream, Upstream
 
-CHAT_COMPLETIONS = "chat_completions"
-REALTIME = "realtime"
-APIS = (CHAT_COMPLETIONS, REALTIME)  # the bounded values of the `upstream` metric label
+CHAT_COMPLETIONS, REALTIME = APIS = UPSTREAM_APIS  # also the bounded values of the `upstream` metric label
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +85,24 @@ def api_name(upstream: Upstream, model: str) -> str:
 def takes_audio_ids(upstream: Upstream, model: str) -> bool:
     """Whether the upstream answering `model` understands Chat Completions audio ids in the history."""
     return bool(getattr(resolve(upstream, model), "takes_audio_ids", True))
+
+
+def for_conversation(upstream: Upstream, model: str) -> Upstream:
+    """What a conversation on `model` talks to: a session of its own where the API has sessions
+    (service.realtime_session, opening now), else the shared upstream."""
+    concrete = resolve(upstream, model)
+    start = getattr(concrete, "conversation", None)
+    return start(model) if start is not None else upstream
+
+
+async def truncate_heard(upstream: Upstream, played_ms: int) -> None:
+    """The listener heard `played_ms` of the last answer: a session upstream cuts its memory of it there."""
+    truncate = getattr(upstream, "truncate", None)
+    if truncate is not None:
+        await truncate(played_ms)
+
+
+async def end_conversation(upstream: Upstream, shared: Upstream) -> None:
+    """The conversation is over: close its own session (never the shared upstream)."""
+    if upstream is not shared:
+        await upstream.close()

@@ -159,6 +159,7 @@ class Session:
 
     model: str
     events: list[dict[str, Any]] = field(default_factory=list)
+    replied: list[dict[str, Any]] = field(default_factory=list)  # the answers' events the server sent
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     answering: asyncio.Task[None] | None = None
 
@@ -175,6 +176,8 @@ class RealtimeServer:
         self.base_url = ""
         self._server: Server | None = None
         self.handshakes_refused = 0
+        self.drop_next = 0  # the next N answers, whatever their model, drop the connection mid-answer
+        self.expire_next = 0  # the next N answers end their session: `session_expired`, then a close
 
     async def __aenter__(self) -> Self:
         self._server = await serve(
@@ -279,6 +282,9 @@ class RealtimeServer:
     async def _answer(self, connection: ServerConnection, session: Session) -> None:
         parts = session.model.split("/")
         mode, name = parts[0], parts[-1]
+        if self.drop_next:
+            self.drop_next -= 1
+            mode = "drop"
         response_id, item_id = _id("resp"), _id("item")
         if mode == "error":
             error = {
@@ -327,6 +333,7 @@ class RealtimeServer:
         for event in events:
             if pause:
                 await asyncio.sleep(pause)
+            session.replied.append(event)
             await connection.send(json.dumps(event))
         if mode == "drop":
             connection.transport.abort()
@@ -345,6 +352,17 @@ class RealtimeServer:
         elif mode == "incomplete":
             response.update(status="incomplete", status_details={"type": "incomplete", "reason": parts[1]})
         await _send(connection, {"type": "response.done", "response": response})
+        if self.expire_next:
+            self.expire_next -= 1
+            error = {
+                "type": "invalid_request_error",
+                "code": "session_expired",
+                "message": "Your session hit the maximum duration of 60 minutes.",
+                "param": None,
+                "event_id": None,
+            }
+            await _send(connection, {"type": "error", "error": error})
+            await connection.close(1000, "session expired")
 
 
 async def _send(connection: ServerConnection, event: dict[str, Any]) -> None:

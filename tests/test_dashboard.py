@@ -48,5 +48,8 @@ def test_dashboard_has_the_panels_operators_need() -> None:
     first_audio = next(p for p in dashboard["panels"] if p["title"].startswith("Time to first audio"))
     quantiles = {re.findall(r"histogram_quantile\(([0-9.]+)", t["expr"])[0] for t in first_audio["targets"]}
     assert quantiles == {"0.5", "0.95", "0.99"}
+    # Comparable per upstream API (Chat Completions, Realtime): the label is kept apart in every quantile.
+    assert all("upstream" in re.findall(r"by \(([^)]*)\)", t["expr"])[0] for t in first_audio["targets"])
+    assert "upstream" in metrics.TIME_TO_FIRST_AUDIO._labelnames
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))

@@ -82,8 +82,27 @@ async def test_a_turn_through_each_edge_transport_is_counted(
     before = await scrape(edge)
     await run(edge)  # type: ignore[operator]
     after = await scrape(edge)
-    assert delta(before, after, "audiochat_turns_total", transport=transport, outcome="stop") == 1
-    assert delta(before, after, "audiochat_time_to_first_audio_seconds_count", transport=transport) == 1
+    assert (
+        delta(
+            before,
+            after,
+            "audiochat_turns_total",
+            transport=transport,
+            outcome="stop",
+            upstream="chat_completions",
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "audiochat_time_to_first_audio_seconds_count",
+            transport=transport,
+            upstream="chat_completions",
+        )
+        == 1
+    )
     assert delta(before, after, "audiochat_audio_seconds_total", direction="out") > 2.5
     # The edge's own hop, per event it wrote (26 audio pieces and 9 transcript pieces in this capture).
     assert delta(before, after, "audiochat_edge_relay_added_seconds_count", transport=transport) >= 26

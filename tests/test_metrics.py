@@ -56,13 +56,37 @@ async def test_a_spoken_turn_moves_every_turn_metric(service: RunningService, sc
     turn = await run(service, text_request("fixture/audio_no_finish_reason"))
     after = await scrape()
     want = expected("audio_no_finish_reason")
-    assert delta(before, after, "audiochat_turns_total", transport="grpc", outcome="stop") == 1
+    assert (
+        delta(
+            before,
+            after,
+            "audiochat_turns_total",
+            transport="grpc",
+            outcome="stop",
+            upstream="chat_completions",
+        )
+        == 1
+    )
     assert (
         delta(before, after, "audiochat_turn_duration_seconds_count", transport="grpc", outcome="stop") == 1
     )
-    assert delta(before, after, "audiochat_time_to_first_audio_seconds_count", transport="grpc") == 1
+    assert (
+        delta(
+            before,
+            after,
+            "audiochat_time_to_first_audio_seconds_count",
+            transport="grpc",
+            upstream="chat_completions",
+        )
+        == 1
+    )
     assert delta(before, after, "audiochat_time_to_first_text_seconds_count", transport="grpc") == 1
-    assert delta(before, after, "audiochat_upstream_time_to_first_byte_seconds_count") == 1
+    assert (
+        delta(
+            before, after, "audiochat_upstream_time_to_first_byte_seconds_count", upstream="chat_completions"
+        )
+        == 1
+    )
     # Every event but the last is observed once it was handed to gRPC; the last ends the call.
     relayed = delta(before, after, "audiochat_relay_added_seconds_count", transport="grpc")
     assert len(turn.events) - 1 <= relayed <= len(turn.events)
@@ -86,8 +110,28 @@ async def test_edge_transport_label_is_kept_and_bounded(service: RunningService,
     await run(service, text_request("fixture/text_only"), transport="sse")
     await run(service, text_request("fixture/text_only"), transport="user-1234")  # not a known transport
     after = await scrape()
-    assert delta(before, after, "audiochat_turns_total", transport="sse", outcome="stop") == 1
-    assert delta(before, after, "audiochat_turns_total", transport="grpc", outcome="stop") == 1
+    assert (
+        delta(
+            before,
+            after,
+            "audiochat_turns_total",
+            transport="sse",
+            outcome="stop",
+            upstream="chat_completions",
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "audiochat_turns_total",
+            transport="grpc",
+            outcome="stop",
+            upstream="chat_completions",
+        )
+        == 1
+    )
     assert not any(dict(labels).get("transport") == "user-1234" for _, labels in after)
 
 
@@ -107,7 +151,17 @@ async def test_upstream_429_counts_under_its_code(
     call.cancel()
     after = await scrape()
     assert delta(before, after, "audiochat_upstream_errors_total", code="resource_exhausted") == 1
-    assert delta(before, after, "audiochat_turns_total", transport="grpc", outcome="error") == 1
+    assert (
+        delta(
+            before,
+            after,
+            "audiochat_turns_total",
+            transport="grpc",
+            outcome="error",
+            upstream="chat_completions",
+        )
+        == 1
+    )
 
 
 async def test_an_interrupted_turn_counts_as_interrupted(service: RunningService, scrape: Scrape) -> None:
@@ -123,7 +177,17 @@ async def test_an_interrupted_turn_counts_as_interrupted(service: RunningService
         pass
     call.cancel()
     after = await scrape()
-    assert delta(before, after, "audiochat_turns_total", transport="grpc", outcome="interrupted") == 1
+    assert (
+        delta(
+            before,
+            after,
+            "audiochat_turns_total",
+            transport="grpc",
+            outcome="interrupted",
+            upstream="chat_completions",
+        )
+        == 1
+    )
     assert delta(before, after, "audiochat_interruptions_total", transport="grpc") == 1
 
 
@@ -159,7 +223,17 @@ async def test_a_barge_in_after_the_answer_arrived_counts_as_an_interruption(
         pass
     after = await scrape()
     assert delta(before, after, "audiochat_interruptions_total", transport="grpc") == 1
-    assert delta(before, after, "audiochat_turns_total", transport="grpc", outcome="stop") == 1
+    assert (
+        delta(
+            before,
+            after,
+            "audiochat_turns_total",
+            transport="grpc",
+            outcome="stop",
+            upstream="chat_completions",
+        )
+        == 1
+    )
 
 
 async def test_the_core_port_serves_metrics_only_at_slash_metrics_and_without_created_series(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -15,65 +13,19 @@ import pytest_asyncio
 from prometheus_client import REGISTRY
 
 from audiochat.v1 import audiochat_pb2 as pb
-from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
-from service.realtime_upstream import RealtimeUpstream
-from service.server import AudioChatServer
-from service.upstream import OpenAIUpstream
-from service.upstream_registry import KINDS
-from service.upstream_routing import CHAT_COMPLETIONS, REALTIME, ModelRoutes, RoutedUpstream
-from tests.conftest import TEST_SETTINGS
+from service.upstream_routing import APIS
 from tests.events import FIXTURES, Collected, text_request
-from tests.realtime_server import RealtimeServer
-from tests.upstream_server import FixtureUpstream
+from tests.realtime_fixtures import Both, comparable, serve_both
 
 CAPTURES = sorted(p.name.removesuffix(".sse") for p in FIXTURES.glob("*.sse"))
 module_loop = pytest.mark.asyncio(loop_scope="module")
 pytestmark = module_loop
 
 
-@dataclass
-class Both:
-    """A service on each upstream, and the servers behind them."""
-
-    chat: Any  # stub of the service on Chat Completions
-    realtime: Any  # stub of the service on the Realtime API (AUDIOCHAT_UPSTREAM=openai-realtime)
-    routed: Any  # stub of a Chat Completions service whose mapping sends `slow/` models to Realtime
-    chat_server: FixtureUpstream
-    realtime_server: RealtimeServer
-
-
-async def _serve(stack: AsyncExitStack, settings: Any, upstream: Any) -> Any:
-    server = AudioChatServer(settings, upstream)
-    port = await server.start()
-    stack.push_async_callback(server.stop)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    stack.push_async_callback(channel.close)
-    return pb_grpc.AudioChatServiceStub(channel)
-
-
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def both() -> AsyncIterator[Both]:
-    async with AsyncExitStack() as stack:
-        chat_server = await stack.enter_async_context(FixtureUpstream())
-        realtime_server = await stack.enter_async_context(RealtimeServer())
-        chat = OpenAIUpstream("sk-test", chat_server.base_url, TEST_SETTINGS.deadlines)
-        stack.push_async_callback(chat.close)
-        # The registry's own opener, pointed at the local server by OPENAI_BASE_URL alone.
-        settings = replace(
-            TEST_SETTINGS, upstream="openai-realtime", openai_base_url=realtime_server.base_url
-        )
-        realtime = await KINDS["openai-realtime"].open(settings, stack)
-        realtime_only = RealtimeUpstream("sk-test", realtime_server.base_url, TEST_SETTINGS.deadlines)
-        stack.push_async_callback(realtime_only.close)
-        routes = ModelRoutes(CHAT_COMPLETIONS, realtime_prefixes=("slow/",))
-        routed = RoutedUpstream(routes, {CHAT_COMPLETIONS: chat, REALTIME: realtime_only})
-        yield Both(
-            await _serve(stack, TEST_SETTINGS, chat),
-            await _serve(stack, settings, realtime),
-            await _serve(stack, TEST_SETTINGS, routed),
-            chat_server,
-            realtime_server,
-        )
+    async with serve_both() as running:
+        yield running
 
 
 async def collect(stub: Any, request: pb.StreamTurnRequest) -> Collected:
@@ -81,29 +33,6 @@ async def collect(stub: Any, request: pb.StreamTurnRequest) -> Collected:
     async for event in stub.StreamTurn(request):
         collected.add(event)
     return collected
-
-
-def comparable(collected: Collected) -> list[tuple[str, str]]:
-    """Each event as (kind, content) without what differs by design: turn ids, the upstream's request id,
-    the Chat Completions audio id and its expiry, and the usage counts Chat Completions alone reports
-    (reasoning and prediction tokens): the Realtime API has none of these."""
-    summary: list[tuple[str, str]] = []
-    for event in collected.events:
-        kind = event.WhichOneof("event")
-        copy = pb.TurnEvent()
-        copy.CopyFrom(event)
-        copy.turn_id = ""
-        if kind == "started":
-            copy.started.upstream_request_id = ""
-        if kind == "usage":
-            copy.usage.ClearField("output_reasoning_tokens")
-            copy.usage.ClearField("output_accepted_prediction_tokens")
-            copy.usage.ClearField("output_rejected_prediction_tokens")
-        if kind == "completed":
-            copy.completed.audio_id = ""
-            copy.completed.audio_expires_at = 0
-        summary.append((kind or "", str(copy)))
-    return summary
 
 
 @pytest.mark.parametrize("name", CAPTURES)
@@ -250,3 +179,22 @@ async def test_the_model_mapping_picks_the_upstream_per_request(both: Both) -> N
     await collect(both.routed, text_request("fixture/text_only"))
     assert len(both.realtime_server.sessions) == sessions + 1
     assert len(both.chat_server.requests) == chat_requests + 1
+
+
+async def test_turns_and_time_to_first_audio_are_labelled_by_upstream(both: Both) -> None:
+    def value(name: str, api: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"transport": "grpc", "upstream": api, **labels}) or 0.0
+
+    names: tuple[tuple[str, dict[str, str]], ...] = (
+        ("audiochat_turns_total", {"outcome": "stop"}),
+        ("audiochat_time_to_first_audio_seconds_count", {}),
+    )
+    before = {(name, api): value(name, api, **labels) for name, labels in names for api in APIS}
+    await collect(both.realtime, text_request("fixture/audio_no_finish_reason"))
+    await collect(both.realtime, text_request("fixture/audio_no_finish_reason"))
+    await collect(both.chat, text_request("fixture/audio_no_finish_reason"))
+    for name, labels in names:
+        assert value(name, "realtime", **labels) - before[name, "realtime"] == 2
+        assert value(name, "chat_completions", **labels) - before[name, "chat_completions"] == 1
+    labels = {"upstream": "realtime"}
+    assert REGISTRY.get_sample_value("audiochat_upstream_time_to_first_byte_seconds_count", labels)
