@@ -134,25 +134,35 @@ class RealtimeConversation:
                 log.info("the conversation's history no longer matches its Realtime session: replaying it")
                 await self._reset()
             opened_at = asyncio.get_running_loop().time()
-            connection, new = await self._socket()
             try:
-                await self._send_turn(connection, session, messages[0 if new else len(self._held) :])
-            except TurnFailed:
-                # The session closed while idle (its time limit, a dropped connection): once more, anew.
-                await self._reset()
-                connection, _ = await self._socket()
-                await self._send_turn(connection, session, messages)
-            stream = RealtimeStream(connection, self._upstream.deadlines)
-            stream.earlier_events = frozenset(self._truncates)
-            self._held = wanted
-            try:
+                stream = await self._start_response(session, messages, opened_at)
+                self._held = wanted
                 await stream.wait_started(opened_at)
-                yield stream
-            except TurnFailed:
+            except BaseException:
+                # Refused, failed or cancelled half-way: what the session holds is unknown now.
                 await self._reset()
                 raise
+            try:
+                yield stream
             finally:
                 await self._finish(stream)
+
+    async def _start_response(
+        self, session: dict[str, Any], messages: Sequence[Mapping[str, Any]], opened_at: float
+    ) -> RealtimeStream:
+        connection, new = await self._socket()
+        try:
+            await self._send_turn(connection, session, messages[0 if new else len(self._held) :])
+        except TurnFailed:
+            if new:
+                raise
+            # The session closed while idle (its time limit, a dropped connection): once more, anew.
+            await self._reset()
+            connection, _ = await self._socket()
+            await self._send_turn(connection, session, messages)
+        stream = RealtimeStream(connection, self._upstream.deadlines)
+        stream.earlier_events = frozenset(self._truncates)
+        return stream
 
     async def _send_turn(
         self, connection: AsyncRealtimeConnection, session: dict[str, Any], new: Sequence[Mapping[str, Any]]
@@ -212,9 +222,13 @@ class RealtimeConversation:
 
     async def close(self) -> None:
         """The call is over: close the session."""
-        if self._connecting is not None:
-            self._connecting.cancel()
-            with suppress(BaseException):
-                await self._connecting
-            self._connecting = None
+        task, self._connecting = self._connecting, None
+        if task is not None:
+            task.cancel()
+            try:
+                connection: AsyncRealtimeConnection | None = await task
+            except BaseException:  # cancelled, or the connect failed: there is nothing to close
+                connection = None
+            if connection is not None:
+                await close_quietly(connection)
         await self._reset()

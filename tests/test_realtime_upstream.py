@@ -3,6 +3,7 @@ WebSocket to a local server replaying captures as Realtime events (tests/realtim
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -198,3 +199,46 @@ async def test_turns_and_time_to_first_audio_are_labelled_by_upstream(both: Both
         assert value(name, "chat_completions", **labels) - before[name, "chat_completions"] == 1
     labels = {"upstream": "realtime"}
     assert REGISTRY.get_sample_value("audiochat_upstream_time_to_first_byte_seconds_count", labels)
+
+
+async def test_tools_calls_results_and_recordings_reach_the_session_in_its_shapes(both: Both) -> None:
+    request = text_request("fixture/audio_no_finish_reason", "Thanks.")
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}}
+    function = pb.FunctionTool(
+        name="get_weather", description="Weather now", parameters_json=json.dumps(parameters)
+    )
+    request.config.tools.append(pb.Tool(function=function))
+    request.config.tool_choice.function_name = "get_weather"
+    # A recording at 16 kHz: the session takes 24 kHz pcm16, so it is resampled on the way.
+    pcm_16k = (b"\x00\x10\x00\xf0" * 8000)[:32000]  # 1 s
+    user = pb.UserMessage(
+        audio=pb.AudioInput(
+            data=pcm_16k,
+            format=pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=16000, channels=1),
+        )
+    )
+    request.history.add(user=user)
+    call = pb.ToolCall(id="call_1", name="get_weather", arguments='{"city":"Paris"}')
+    request.history.add(assistant=pb.AssistantMessage(tool_calls=[call]))
+    request.history.add(tool_result=pb.ToolResult(tool_call_id="call_1", content='{"temp_c": 21}'))
+    await collect(both.realtime, request)
+    session = both.realtime_server.last
+    sent = session.sent("session.update")[0]["session"]
+    assert sent["tools"] == [
+        {"type": "function", "name": "get_weather", "description": "Weather now", "parameters": parameters}
+    ]
+    assert sent["tool_choice"] == {"type": "function", "name": "get_weather"}
+    recording, called, result, question = (
+        event["item"] for event in session.sent("conversation.item.create")
+    )
+    (part,) = recording["content"]
+    assert part["type"] == "input_audio"
+    assert abs(len(base64.b64decode(part["audio"])) - 48000) <= 960, "1 s of 24 kHz pcm16"
+    assert called == {
+        "type": "function_call",
+        "call_id": "call_1",
+        "name": "get_weather",
+        "arguments": '{"city":"Paris"}',
+    }
+    assert result == {"type": "function_call_output", "call_id": "call_1", "output": '{"temp_c": 21}'}
+    assert question["content"] == [{"type": "input_text", "text": "Thanks."}]
