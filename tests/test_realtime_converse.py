@@ -16,6 +16,7 @@ from audiochat.v1 import audiochat_pb2 as pb
 from tests.events import Collected
 from tests.realtime_fixtures import Both, comparable, serve_both
 from tests.realtime_server import Session
+from tests.speech import chunks, ms_of, silence, utterance
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 QUESTION = "Is a golden retriever a good family dog?"
@@ -213,4 +214,40 @@ async def test_an_expired_session_is_replaced_before_the_next_turn(both: Both) -
     assert second.completed is not None and second.completed.reason == pb.FINISH_REASON_STOP
     assert server.last is not expired
     assert items(server.last) == [user_text(QUESTION), answer_text(first.text), user_text("Still there?")]
+    await end(call)
+
+
+async def test_hands_free_speech_is_committed_to_the_session_and_answered(both: Both) -> None:
+    detection = pb.TurnDetection(type=pb.TURN_DETECTION_TYPE_SERVER_VAD)
+    setup = pb.ConverseConfig(
+        turn=pb.TurnConfig(model="fixture/audio_no_finish_reason"), turn_detection=detection
+    )
+    call = both.realtime.Converse()
+    await call.write(pb.ConverseRequest(config=setup))
+    assert (await call.read()).started.conversation_id
+    form = pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=24_000)
+    speech = silence(600) + utterance("What time does the train to Boston leave tomorrow?") + silence(800)
+    for index, piece in enumerate(chunks(speech)):
+        await call.write(
+            pb.ConverseRequest(audio=pb.AudioChunk(data=piece, format=form if index == 0 else None))
+        )
+    kinds = []
+    while True:
+        response = await call.read()
+        which = response.WhichOneof("response")
+        kinds.append(response.event.WhichOneof("event") if which == "event" else which)
+        if which == "event" and response.event.HasField("completed"):
+            assert response.event.completed.reason == pb.FINISH_REASON_STOP
+            break
+    assert kinds[:3] == ["speech_started", "speech_stopped", "started"]
+    session = both.realtime_server.last
+    heard = b"".join(base64.b64decode(event["audio"]) for event in session.sent("input_audio_buffer.append"))
+    assert (
+        abs(len(heard) / 48 - ms_of(utterance("What time does the train to Boston leave tomorrow?")) - 500)
+        <= 150
+    )
+    assert [event["type"] for event in session.events][-2:] == [
+        "input_audio_buffer.commit",
+        "response.create",
+    ]
     await end(call)
