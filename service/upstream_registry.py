@@ -64,11 +64,10 @@ def _openai(default: str) -> Opener:
     async def open_openai(settings: Settings, stack: AsyncExitStack) -> Upstream:
         upstream = routed(settings, settings.openai_api_key, settings.openai_base_url or None, default)
         stack.push_async_callback(upstream.close)
-        log.info(
-            "upstream: OpenAI %s by default",
-            "Realtime API" if default == REALTIME else "Chat Completions",
-            extra={"base_url": settings.openai_base_url or None},
-        )
+        api = "Realtime API" if default == REALTIME else "Chat Completions"
+        # Where requests go: the given base URL, else the SDK's (OPENAI_BASE_URL or OpenAI's own).
+        base_url = getattr(upstream.for_model(""), "base_url", None)
+        log.info(f"upstream: OpenAI {api}", extra={"base_url": base_url})
         return upstream
 
     return open_openai

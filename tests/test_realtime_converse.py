@@ -75,14 +75,14 @@ def answer_text(value: str) -> dict[str, Any]:
 async def test_a_conversation_is_one_session_and_each_turn_sends_only_what_is_new(both: Both) -> None:
     model = "fixture/audio_no_finish_reason"
     chat_call = await open_conversation(both.chat, model, instructions="Be brief.")
-    call = await open_conversation(both.realtime, model, instructions="Be brief.")
     sessions = len(both.realtime_server.sessions)
+    call = await open_conversation(both.realtime, model, instructions="Be brief.")
     for question in (QUESTION, "And for a small flat?"):
         await chat_call.write(text(question))
         await call.write(text(question))
         assert comparable(await read_turn(call)) == comparable(await read_turn(chat_call))
     session = both.realtime_server.last
-    assert len(both.realtime_server.sessions) == sessions, "opened at config, before the first turn"
+    assert len(both.realtime_server.sessions) == sessions + 1, "one session for the whole conversation"
     assert len(session.sent("session.update")) == 1
     assert session.sent("session.update")[0]["session"]["instructions"] == "Be brief."
     # The upstream holds its own answer: the second turn sends the new question only.
