@@ -12,6 +12,7 @@ The `model` query parameter (what `realtime.connect(model=...)` sends) picks the
 - `incomplete/REASON/NAME`: the capture, then `response.done` `incomplete` for REASON;
 - `failed/NAME`: the first half, then `response.done` `failed` with a server_error;
 - `error/TYPE/CODE`: an `error` event instead of the answer (the session refused the request);
+- `stall/NAME`: the first half of the capture, `STALL_SECONDS` of silence, then the rest;
 - `drop/NAME`: the first half of the capture, then the TCP connection drops without a close frame;
 - `status/CODE/ERROR_CODE`: the WebSocket handshake is refused with that HTTP status and an OpenAI error;
 - `ratelimits/NAME`: `rate_limits.updated` (requests 99, tokens 9000 remaining) before the capture.
@@ -40,6 +41,7 @@ from service.realtime_mapping import usage_to_realtime
 from tests.upstream_server import FIXTURES
 
 SLOW_EVENT_SECONDS = 0.05
+STALL_SECONDS = 5.0
 _ids = itertools.count(1)
 
 
@@ -328,6 +330,12 @@ class RealtimeServer:
                 "item": message,
             },
         )
+        if mode == "stall":  # half the answer, then silence for STALL_SECONDS, then the rest
+            half = len(events) // 2
+            for event in events[:half]:
+                await connection.send(json.dumps(event))
+            await asyncio.sleep(STALL_SECONDS)
+            events = events[half:]
         if mode in ("cancelled", "failed", "drop"):
             events = events[: len(events) // 2]
         for event in events:

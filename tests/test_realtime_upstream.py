@@ -3,6 +3,7 @@ WebSocket to a local server replaying captures as Realtime events (tests/realtim
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -14,6 +15,9 @@ import pytest_asyncio
 from prometheus_client import REGISTRY
 
 from audiochat.v1 import audiochat_pb2 as pb
+from service.errors import TurnFailed
+from service.realtime_upstream import RealtimeUpstream
+from service.upstream import Deadlines
 from service.upstream_routing import APIS
 from tests.events import FIXTURES, Collected, text_request
 from tests.realtime_fixtures import Both, comparable, serve_both
@@ -242,3 +246,40 @@ async def test_tools_calls_results_and_recordings_reach_the_session_in_its_shape
     }
     assert result == {"type": "function_call_output", "call_id": "call_1", "output": '{"temp_c": 21}'}
     assert question["content"] == [{"type": "input_text", "text": "Thanks."}]
+
+
+async def test_a_handshake_that_never_completes_is_deadline_exceeded() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # the upgrade request, never answered, until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    upstream = RealtimeUpstream("sk-test", f"http://127.0.0.1:{port}/v1", Deadlines(connect_seconds=0.3))
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TurnFailed) as raised:
+        await upstream.connect("gpt-realtime")
+    assert raised.value.failure.code == pb.ERROR_CODE_DEADLINE_EXCEEDED and raised.value.failure.retryable
+    assert asyncio.get_running_loop().time() - started < 3
+    await upstream.close()
+    server.close()
+
+
+async def test_silence_mid_answer_past_the_idle_deadline_ends_the_answer(both: Both) -> None:
+    deadlines = Deadlines(idle_seconds=0.3)
+    upstream = RealtimeUpstream("sk-test", both.realtime_server.base_url, deadlines)
+    params = {"model": "stall/audio_no_finish_reason", "messages": [{"role": "user", "content": "Hi"}]}
+    received: list[object] = []
+
+    async def read_answer() -> None:
+        async with upstream.open(params) as stream:
+            async for chunk in stream.chunks():
+                received.append(chunk)
+
+    with pytest.raises(TurnFailed) as raised:
+        await read_answer()
+    assert len(received) > 5, "the first half arrived"
+    assert raised.value.failure.code == pb.ERROR_CODE_DEADLINE_EXCEEDED
+    await asyncio.wait_for(both.realtime_server.last.closed.wait(), 3)  # the session was closed at once
+    assert both.realtime_server.last.sent("response.cancel"), "the upstream was told to stop"
+    await upstream.close()
