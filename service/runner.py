@@ -9,7 +9,7 @@ import signal
 from contextlib import AsyncExitStack
 
 from adapters.edge_server import EdgeServer
-from service import metrics
+from service import memory_report, metrics
 from service.embedded_http import EmbeddedHTTPServer
 from service.listen import listen_error, probe_all, reason
 from service.server import AudioChatServer
@@ -43,6 +43,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    memory_report.install(loop)  # SIGUSR1 writes a memory report, when AUDIOCHAT_MEMORY_REPORT says where
     if settings.role == "edge":
         # The edge serves /metrics on its own HTTP port.
         async with EdgeServer(settings, settings.core_target) as edge:
