@@ -15,7 +15,7 @@ from adapters.context import EdgeContext
 from adapters.resume import ResumeStore
 from adapters.resume_redis import RedisResumeStore
 from adapters.resume_store import TurnStore
-from service import keepalive
+from service import keepalive, metrics
 from service.embedded_http import EmbeddedHTTPServer
 from service.listen import listen_error, reason
 from service.redis_client import connect
@@ -73,6 +73,9 @@ class EdgeServer:
         channel = grpc.aio.insecure_channel(self.target, options=channel_options(settings))
         store = resume_store(settings)
         self.context = EdgeContext(settings, channel, keys, Origins(settings.allowed_origins), store)
+        # One edge per process outside tests: the gauges read the store that started last.
+        metrics.SSE_RESUME_BYTES.set_function(lambda: store.bytes)
+        metrics.SSE_RESUME_TURNS.set_function(lambda: len(store))
         self._http = EmbeddedHTTPServer(
             create_app(self.context),
             host=settings.bind,

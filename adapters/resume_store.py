@@ -61,6 +61,10 @@ class TurnStore(Protocol):
 
     bytes: int  # bytes this process holds for resumes
 
+    def __len__(self) -> int:
+        """Turns this process holds: running, or ended less than keep_seconds ago."""
+        ...
+
     async def admit(self) -> None:
         """Before a new turn calls the core: raise StoreUnavailable if it must be refused."""
 

@@ -145,6 +145,17 @@ EDGE_ACTIVE_STREAMS = Gauge(
     "Streams this edge relays now: SSE turns, WebSocket conversations, OpenAI-compatible calls.",
     registry=EDGE_REGISTRY,
 )
+# The resume store is a bounded cache: what it holds explains an edge's memory (make soak reports both).
+SSE_RESUME_BYTES = Gauge(
+    "audiochat_sse_resume_buffer_bytes",
+    "Bytes of SSE events this edge holds for resumes and readers (at most AUDIOCHAT_RESUME_BUFFER_BYTES).",
+    registry=EDGE_REGISTRY,
+)
+SSE_RESUME_TURNS = Gauge(
+    "audiochat_sse_resume_turns",
+    "SSE turns this edge holds: running, or ended less than AUDIOCHAT_RESUME_SECONDS ago.",
+    registry=EDGE_REGISTRY,
+)
 BUILD_INFO = Info("audiochat_build", "Version of the running gateway.")
 GC_PAUSE = Histogram(
     "audiochat_gc_pause_seconds",
@@ -157,6 +168,8 @@ for _collector in (
     RESUMES,
     RESUME_STORE_ERRORS,
     EDGE_ACTIVE_STREAMS,
+    SSE_RESUME_BYTES,
+    SSE_RESUME_TURNS,
     PROCESS_COLLECTOR,
     PLATFORM_COLLECTOR,
     GC_COLLECTOR,

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from tests.edge_fixtures import RunningEdge
+from tests.edge_fixtures import RunningEdge, StartEdge
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -138,3 +138,21 @@ async def test_the_edge_counts_the_streams_it_relays_while_they_are_open(edge: R
             break
         await asyncio.sleep(0.05)
     assert delta(before, await scrape(edge), "audiochat_edge_active_streams") == 0
+
+
+async def test_the_resume_store_reports_what_it_holds_until_ended_turns_expire(start_edge: StartEdge) -> None:
+    edge = await start_edge(resume_seconds=0.5)  # heartbeats (not kept) 15 s apart: none in this body
+    before = await scrape(edge)
+    assert before[("audiochat_sse_resume_turns", ())] == 0
+    body = await sse_turn(edge)
+    held = await scrape(edge)
+    # The ended turn is kept for a resume: every event's bytes as they were written.
+    assert held[("audiochat_sse_resume_turns", ())] == 1
+    assert held[("audiochat_sse_resume_buffer_bytes", ())] == len(body.encode())
+    for _ in range(100):
+        after = await scrape(edge)
+        if after[("audiochat_sse_resume_turns", ())] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert after[("audiochat_sse_resume_turns", ())] == 0
+    assert after[("audiochat_sse_resume_buffer_bytes", ())] == 0

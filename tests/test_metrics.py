@@ -259,8 +259,11 @@ def test_an_edge_only_process_exports_the_edge_and_the_process_families_and_no_c
         "audiochat_gc_pause_seconds",
     } <= families
     assert "audiochat_edge_active_streams" in families
+    assert "audiochat_sse_resume_buffer_bytes" in families
     assert not {name for name in families if name.startswith("audiochat_")} - {
         "audiochat_edge_active_streams",
+        "audiochat_sse_resume_buffer_bytes",
+        "audiochat_sse_resume_turns",
         "audiochat_edge_relay_added_seconds",
         "audiochat_resumes",
         "audiochat_build_info",
