@@ -16,7 +16,9 @@ tests/upstream_server.py):
 - `big/BYTES`: a spoken answer whose audio is a single piece of BYTES bytes of `pattern_pcm`.
 
 Every stream is counted while its HTTP request is open (`open_streams`), and the moment the gateway
-closed each one is kept (`closed_at`), so a test can assert that nothing upstream is left running.
+closed each one is kept (`closed_at`), so a test can assert that nothing upstream is left running. A
+`long/` answer the gateway hung up on before its end is also kept by the text of the request's last
+message (`hung_up_at`), so a client that tags its input can time its own cancel to the upstream's close.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class FaultUpstream(FixtureUpstream):
         self.open_streams = 0
         self.bytes_sent = 0  # body bytes handed to uvicorn by the fault streams, for back-pressure tests
         self.closed_at: list[float] = []  # time.monotonic() when each request ended
+        self.hung_up_at: dict[str, float] = {}  # last message's text -> when the gateway hung up mid-answer
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -110,19 +113,22 @@ class FaultUpstream(FixtureUpstream):
             await respond(send, 429, error, [(b"retry-after", rest.encode())])
         elif kind == "long":
             piece_bytes = SAMPLE_RATE_HZ * 2 * PIECE_MS // 1000
-            await self._send_events(send, receive, spoken_answer(float(rest), piece_bytes))
+            answer = spoken_answer(float(rest), piece_bytes)
+            await self._send_events(send, receive, answer, tag=last_text(request))
         elif kind == "big":
             await self._send_events(send, receive, spoken_answer(int(rest) / 2 / SAMPLE_RATE_HZ, int(rest)))
         else:
             await super().other(kind, rest, request, send, receive)
 
     async def _send_events(
-        self, send: Send, receive: Receive, events: Iterable[bytes], end: bool = True
+        self, send: Send, receive: Receive, events: Iterable[bytes], end: bool = True, tag: str = ""
     ) -> None:
         self.streams_started += 1
         headers = [(b"content-type", b"text/event-stream"), (b"x-request-id", b"req_fault")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         disconnected = asyncio.create_task(wait_disconnect(receive))
+        if tag:
+            disconnected.add_done_callback(lambda task: self._hung_up(task, tag))
         try:
             for event in events:
                 if disconnected.done():
@@ -138,6 +144,21 @@ class FaultUpstream(FixtureUpstream):
                 self.client_closed.set()
             else:
                 disconnected.cancel()  # a silent stream goes on waiting for the disconnect itself
+
+    def _hung_up(self, task: asyncio.Task[None], tag: str) -> None:
+        if not task.cancelled():
+            self.hung_up_at[tag] = time.monotonic()
+
+
+def last_text(request: dict[str, Any]) -> str:
+    """The text of a Chat Completions request's last message (a string, or its text parts joined)."""
+    messages = request.get("messages") or [{}]
+    content = messages[-1].get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
 
 
 def script(*chunks: object, done: bool = True) -> bytes:

@@ -5,13 +5,19 @@ driven over gRPC StreamTurn, gRPC Converse, SSE, WebSocket and the OpenAI-compat
 turns are whole answers whose audio is `pattern_pcm`, so every byte of a completed turn is checked; the
 rest are faults, upstream side (5xx, 429 with retry-after, a stall, a reset, a malformed chunk, no
 headers) and client side (cancel mid-answer, a reader that pauses). It reports events relayed, bytes lost
-or reordered in completed turns (must be 0), upstream connections left open at the end (0), and the
-gateway's RSS at the start and the end.
+or reordered in completed turns (must be 0), upstream connections left open at the end (0), the time
+from each client's cancel to the upstream seeing its request closed, and the gateway's memory every
+--sample-seconds beside what its SSE resume store holds, with a verdict (tests/soak_memory.py says what
+"flat" means).
 
     python -m tests.soak --minutes 10 --events 1000000 [--workers 4]
 
 It runs for --minutes and until --events were relayed (never past three times --minutes: a busy machine
-reports fewer events rather than running on).
+reports fewer events rather than running on). To tell a bounded cache filling from a leak:
+--resume-seconds/--resume-bytes shrink the resume store; --memory-reports DIR has the gateway write a
+memory report (service/memory_report.py) at every sample, and --gateway-env PYTHONTRACEMALLOC=8 adds
+tracemalloc's allocations by traceback to them (slow); --gateway-env MALLOC_ARENA_MAX=2 and the like try
+allocator settings.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import itertools
 import json
 import logging
 import os
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +49,7 @@ from websockets.asyncio.client import connect
 from audiochat.v1 import audiochat_pb2 as pb
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
 from tests.fault_upstream import FaultUpstream, pattern_pcm, script
+from tests.soak_memory import MemoryWatch, rss_mib
 from tests.upstream_server import fixture_events
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,6 +64,7 @@ UPSTREAM_FAULTS = (
     "script/malformed",
     "hang",
 )
+CANCELLED_MODEL = "long/600"
 FAULT_RATE = 0.08  # of turns with an upstream fault
 CANCEL_RATE = 0.04  # of turns the client abandons after its first audio
 PAUSE_RATE = 0.04  # of turns whose reader stops for a while mid-answer
@@ -81,8 +91,14 @@ class Tally:
                 self.lost_or_reordered_bytes += differing + abs(len(want) - len(audio))
 
 
-def pick_model(rng: random.Random) -> tuple[str, float | None]:
-    """A model for the next turn and, for a whole answer, its audio seconds."""
+def pick_model(rng: random.Random, client_fault: str = "") -> tuple[str, float | None]:
+    """A model for the next turn and, for a whole answer, its audio seconds.
+
+    A turn its client will cancel gets an answer longer than every buffer on the way, so the upstream is
+    still sending when the client cancels and the time until the gateway closes it can be measured.
+    """
+    if client_fault == "cancel":
+        return CANCELLED_MODEL, None
     if rng.random() < FAULT_RATE:
         return rng.choice(UPSTREAM_FAULTS), None
     seconds = rng.choice((1, 2, 3, 4))
@@ -111,21 +127,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def sample_rss(pid: int, every: float, samples: list[float]) -> None:
-    """Append the gateway's RSS every `every` seconds until cancelled: flat or growing shows here."""
-    while True:
-        await asyncio.sleep(every)
-        samples.append(round(rss_mib(pid), 1))
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 class Soak:
     """One run: the gateway process, the fault upstream, the clients."""
 
@@ -139,6 +140,17 @@ class Soak:
         self.minutes = minutes
         self.events_target = events
         self.tally = Tally()
+        self._texts = itertools.count()
+        self.cancelled_at: dict[str, tuple[str, float]] = {}  # input text -> (transport, when cancelled)
+
+    def text(self) -> str:
+        """A user input no other turn has: the upstream keeps when it was hung up on by this text."""
+        return f"hi {next(self._texts)}"
+
+    def cancel(self, transport: str, text: str) -> None:
+        """The client gives up on the turn whose input was `text` (now), counted as cancelled."""
+        self.cancelled_at[text] = (transport, time.monotonic())
+        self.tally.completed(transport, "cancelled", b"", None)
 
     def running(self) -> bool:
         """Until both `minutes` and the event target are reached; never past three times `minutes`."""
@@ -164,9 +176,10 @@ class Soak:
         return "cancel" if roll < CANCEL_RATE else "pause" if roll < CANCEL_RATE + PAUSE_RATE else ""
 
     async def _stream_turn(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
-        model, seconds = pick_model(rng)
         fault = self._client_fault(rng)
-        request = pb.StreamTurnRequest(config=pb.TurnConfig(model=model), input=pb.UserMessage(text="hi"))
+        model, seconds = pick_model(rng, fault)
+        text = self.text()
+        request = pb.StreamTurnRequest(config=pb.TurnConfig(model=model), input=pb.UserMessage(text=text))
         call = stub.StreamTurn(request)
         audio, outcome = bytearray(), "call_error"
         try:
@@ -176,9 +189,9 @@ class Soak:
                 if kind == "audio":
                     audio += event.audio.data
                     if fault == "cancel":
+                        self.cancel("stream_turn", text)
                         call.cancel()
-                        outcome = "cancelled"
-                        break
+                        return
                     if fault == "pause":
                         fault = ""
                         await asyncio.sleep(0.5)
@@ -191,14 +204,16 @@ class Soak:
         self.tally.completed("stream_turn", outcome, bytes(audio), seconds)
 
     async def _converse(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
-        model, seconds = pick_model(rng)
+        first_fault = self._client_fault(rng)
+        model, seconds = pick_model(rng, first_fault)
         call = stub.Converse()
         await call.write(pb.ConverseRequest(config=pb.ConverseConfig(turn=pb.TurnConfig(model=model))))
         await call.read()
         try:
-            for _ in range(3):
-                fault = self._client_fault(rng)
-                await call.write(pb.ConverseRequest(text=pb.TextInput(text="hi")))
+            for turn in range(3):
+                fault = first_fault if turn == 0 else self._client_fault(rng)
+                text = self.text()
+                await call.write(pb.ConverseRequest(text=pb.TextInput(text=text)))
                 audio, outcome = bytearray(), ""
                 while not outcome:
                     response = await call.read()
@@ -210,8 +225,8 @@ class Soak:
                     if event.HasField("audio"):
                         audio += event.audio.data
                         if fault == "cancel":
+                            self.cancel("converse", text)
                             call.cancel()
-                            self.tally.completed("converse", "cancelled", b"", None)
                             return
                         if fault == "pause":
                             fault = ""
@@ -230,10 +245,11 @@ class Soak:
             self.tally.completed("converse", f"status_{exc.code().name.lower()}", b"", None)
 
     async def _sse(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
-        model, seconds = pick_model(rng)
         fault = self._client_fault(rng)
+        model, seconds = pick_model(rng, fault)
         audio, outcome = bytearray(), "http_error"
-        async with http.stream("POST", "/v1/turns", json={"model": model, "text": "hi"}) as response:
+        text = self.text()
+        async with http.stream("POST", "/v1/turns", json={"model": model, "text": text}) as response:
             if response.status_code != 200:
                 self.tally.completed("sse", f"http_{response.status_code}", b"", None)
                 return
@@ -251,7 +267,7 @@ class Soak:
                     elif name == b"error":
                         outcome = "stream_error"
                 if fault == "cancel" and audio:
-                    self.tally.completed("sse", "cancelled", b"", None)
+                    self.cancel("sse", text)
                     return
                 if fault == "pause" and audio:
                     fault = ""
@@ -259,14 +275,16 @@ class Soak:
         self.tally.completed("sse", outcome, bytes(audio), seconds)
 
     async def _websocket(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
-        model, seconds = pick_model(rng)
+        first_fault = self._client_fault(rng)
+        model, seconds = pick_model(rng, first_fault)
         url = self.http_base.replace("http", "ws", 1) + "/v1/converse"
         async with connect(url, compression=None, max_size=None) as ws:
             await ws.send(json.dumps({"type": "config", "model": model}))
             await ws.recv()
-            for _ in range(3):
-                fault = self._client_fault(rng)
-                await ws.send(json.dumps({"type": "text", "text": "hi"}))
+            for turn in range(3):
+                fault = first_fault if turn == 0 else self._client_fault(rng)
+                text = self.text()
+                await ws.send(json.dumps({"type": "text", "text": text}))
                 audio, outcome = bytearray(), ""
                 while not outcome:
                     frame = await ws.recv()
@@ -274,7 +292,7 @@ class Soak:
                     if isinstance(frame, bytes):
                         audio += frame[16:]
                         if fault == "cancel":
-                            self.tally.completed("websocket", "cancelled", b"", None)
+                            self.cancel("websocket", text)
                             return  # closing the socket is the client's cancel
                         if fault == "pause":
                             fault = ""
@@ -288,14 +306,15 @@ class Soak:
                 self.tally.completed("websocket", outcome, bytes(audio), seconds)
 
     async def _compat(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
-        model, seconds = pick_model(rng)
         fault = self._client_fault(rng)
+        model, seconds = pick_model(rng, fault)
+        text = self.text()
         body = {
             "model": model,
             "stream": True,
             "modalities": ["text", "audio"],
             "audio": {"voice": "alloy", "format": "pcm16"},
-            "messages": [{"role": "user", "content": "hi"}],
+            "messages": [{"role": "user", "content": text}],
         }
         audio, outcome = bytearray(), "no_finish"
         async with http.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -318,7 +337,7 @@ class Soak:
                         if choice.get("finish_reason"):
                             outcome = choice["finish_reason"]
                 if fault == "cancel" and audio:
-                    self.tally.completed("compat", "cancelled", b"", None)
+                    self.cancel("compat", text)
                     return
                 if fault == "pause" and audio:
                     fault = ""
@@ -326,7 +345,9 @@ class Soak:
         self.tally.completed("compat", outcome, bytes(audio), seconds)
 
 
-def start_gateway(upstream_url: str, grpc_port: int, http_port: int) -> subprocess.Popen[bytes]:
+def start_gateway(
+    upstream_url: str, grpc_port: int, http_port: int, extra_env: dict[str, str]
+) -> subprocess.Popen[bytes]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AUDIOCHAT_"))},
         "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "gen")]),
@@ -342,6 +363,7 @@ def start_gateway(upstream_url: str, grpc_port: int, http_port: int) -> subproce
         "AUDIOCHAT_UPSTREAM_MAX_WAIT_SECONDS": "2",
         "AUDIOCHAT_SSE_ORPHAN_SECONDS": "1",
         "AUDIOCHAT_LOG_LEVEL": "warning",
+        **extra_env,
     }
     command = [sys.executable, "-m", "service.cli", "serve"]
     return subprocess.Popen(command, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -359,26 +381,88 @@ async def wait_ready(http_base: str) -> None:
     raise RuntimeError("the gateway did not become ready")
 
 
-async def run(minutes: float, events: int, workers: int, seed: int) -> dict[str, Any]:
+def cancel_to_close(
+    cancelled_at: dict[str, tuple[str, float]], hung_up_at: dict[str, float]
+) -> dict[str, dict[str, Any]]:
+    """Per transport: milliseconds from a client's cancel to the upstream seeing its request closed.
+
+    Only cancels of whole-answer turns whose upstream was still sending are timed (`timed`); the others
+    (`untimed`) had a fault model, or an answer the upstream had already written whole. Both ends are
+    read on the soak process's clock, which also runs the load, so the figures are upper bounds.
+    """
+    timed: dict[str, list[float]] = {}
+    untimed: Counter[str] = Counter()
+    for text, (transport, at) in cancelled_at.items():
+        closed = hung_up_at.get(text)
+        if closed is None or closed < at:
+            untimed[transport] += 1
+        else:
+            timed.setdefault(transport, []).append((closed - at) * 1000)
+    figures: dict[str, dict[str, Any]] = {}
+    for transport in TRANSPORTS:
+        values = sorted(timed.get(transport, []))
+        entry: dict[str, Any] = {"timed": len(values), "untimed": untimed[transport]}
+        if len(values) >= 2:
+            cuts = statistics.quantiles(values, n=100, method="inclusive")
+            entry.update(
+                p50_ms=round(cuts[49], 1),
+                p90_ms=round(cuts[89], 1),
+                p99_ms=round(cuts[98], 1),
+                max_ms=round(values[-1], 1),
+            )
+        figures[transport] = entry
+    return figures
+
+
+@dataclass
+class Options:
+    """What a run is asked to do (the command line)."""
+
+    minutes: float = 10.0
+    events: int = 1_000_000
+    workers: int = 4
+    seed: int = 1
+    gateway_env: dict[str, str] = field(default_factory=dict)  # on top of start_gateway's
+    sample_seconds: float = 10.0
+    report_seconds: float = 60.0
+    memory_reports: Path | None = None  # a directory: the gateway writes memory reports, kept here
+
+
+async def run(options: Options) -> dict[str, Any]:
     async with FaultUpstream() as upstream:
         upstream.scripts["malformed"] = b"".join(fixture_events("audio_no_finish_reason")[:14]) + script(
             {"choices": [{"index": 0, "delta": {"audio": {"data": "!!!!"}}}]}
         )
         grpc_port, http_port = free_port(), free_port()
-        gateway = start_gateway(upstream.base_url, grpc_port, http_port)
+        extra_env = dict(options.gateway_env)
+        report_path = None
+        if options.memory_reports is not None:
+            options.memory_reports.mkdir(parents=True, exist_ok=True)
+            for old in options.memory_reports.glob("*.json"):
+                old.unlink()
+            report_path = options.memory_reports / "latest.json"
+            extra_env["AUDIOCHAT_MEMORY_REPORT"] = str(report_path)
+        gateway = start_gateway(upstream.base_url, grpc_port, http_port, extra_env)
         try:
             await wait_ready(f"http://127.0.0.1:{http_port}")
             rss_start = rss_mib(gateway.pid)
             cpu_start = cpu_seconds(gateway.pid), time.process_time()
-            samples: list[float] = []
-            sampler = asyncio.create_task(sample_rss(gateway.pid, 60.0, samples))
-            soak = Soak(upstream, grpc_port, http_port, minutes, events)
+            watch = MemoryWatch(
+                gateway.pid,
+                every=options.sample_seconds,
+                metrics_url=f"http://127.0.0.1:{http_port}/metrics",
+                report_path=report_path,
+                report_every=options.report_seconds,
+                keep_reports=options.memory_reports,
+            )
+            sampler = asyncio.create_task(watch.run())
+            soak = Soak(upstream, grpc_port, http_port, options.minutes, options.events)
             started = soak.started
             await asyncio.gather(
                 *(
-                    soak.worker(t, seed * 1000 + i * 10 + n)
+                    soak.worker(t, options.seed * 1000 + i * 10 + n)
                     for i, t in enumerate(TRANSPORTS)
-                    for n in range(workers)
+                    for n in range(options.workers)
                 )
             )
             elapsed = time.monotonic() - started
@@ -395,7 +479,8 @@ async def run(minutes: float, events: int, workers: int, seed: int) -> dict[str,
     tally = soak.tally
     return {
         "minutes": round(elapsed / 60, 2),
-        "workers_per_transport": workers,
+        "workers_per_transport": options.workers,
+        "gateway_env": options.gateway_env,
         "events_relayed": tally.events,
         "events_per_second": round(tally.events / elapsed),
         "turns": dict(sorted(tally.turns.items())),
@@ -404,9 +489,11 @@ async def run(minutes: float, events: int, workers: int, seed: int) -> dict[str,
         "upstream_requests": len(upstream.requests),
         "upstream_connections_left_open": left_open,
         "client_errors": dict(tally.client_errors),
+        # SSE waits AUDIOCHAT_SSE_ORPHAN_SECONDS (1 s here) for a resume before it stops the upstream.
+        "cancel_to_upstream_close_ms": cancel_to_close(soak.cancelled_at, upstream.hung_up_at),
         "gateway_rss_mib_start": round(rss_start, 1),
         "gateway_rss_mib_end": round(rss_end, 1),
-        "gateway_rss_mib_every_minute": samples,
+        "memory": watch.figures(elapsed),
         "gateway_cpu_share": round(gateway_cpu / elapsed, 2),
         "soak_process_cpu_share": round(load_cpu / elapsed, 2),
         "gateway_exit_code": gateway.returncode,
@@ -425,8 +512,49 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=4, help="concurrent clients per transport")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--resume-seconds", type=float, help="the gateway's AUDIOCHAT_RESUME_SECONDS (default 60)"
+    )
+    parser.add_argument(
+        "--resume-bytes", type=int, help="the gateway's AUDIOCHAT_RESUME_BUFFER_BYTES (default 256 MiB)"
+    )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="more environment for the gateway (MALLOC_ARENA_MAX=2, PYTHONTRACEMALLOC=8...); repeatable",
+    )
+    parser.add_argument(
+        "--sample-seconds", type=float, default=10.0, help="how often the gateway's memory is read"
+    )
+    parser.add_argument(
+        "--memory-reports",
+        type=Path,
+        metavar="DIR",
+        default=REPO / "build" / "soak",
+        help="where the gateway's memory reports (SIGUSR1) are kept (default build/soak; '' for none)",
+    )
+    parser.add_argument(
+        "--report-seconds", type=float, default=60.0, help="how often the gateway writes a memory report"
+    )
     args = parser.parse_args()
-    report = asyncio.run(run(args.minutes, args.events, args.workers, args.seed))
+    gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
+    if args.resume_seconds is not None:
+        gateway_env["AUDIOCHAT_RESUME_SECONDS"] = str(args.resume_seconds)
+    if args.resume_bytes is not None:
+        gateway_env["AUDIOCHAT_RESUME_BUFFER_BYTES"] = str(args.resume_bytes)
+    options = Options(
+        minutes=args.minutes,
+        events=args.events,
+        workers=args.workers,
+        seed=args.seed,
+        gateway_env=gateway_env,
+        sample_seconds=args.sample_seconds,
+        report_seconds=args.report_seconds,
+        memory_reports=args.memory_reports if str(args.memory_reports) not in ("", ".") else None,
+    )
+    report = asyncio.run(run(options))
     print(json.dumps(report, indent=2))
     bad = report["bytes_lost_or_reordered"] or report["upstream_connections_left_open"]
     sys.exit(1 if bad or report["gateway_exit_code"] != 0 else 0)

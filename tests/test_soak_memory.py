@@ -1,0 +1,33 @@
+"""The soak's memory verdict (tests/soak_memory.py): growth the resume store explains is flat."""
+
+from __future__ import annotations
+
+from tests.soak_memory import MemoryWatch, slope_per_minute
+
+
+def watch_with(rss: list[float], store: list[float]) -> MemoryWatch:
+    watch = MemoryWatch(pid=0, every=60.0)
+    watch.samples = [
+        {"seconds": 60.0 * (n + 1), "rss_mib": r, "resume_store_mib": s}
+        for n, (r, s) in enumerate(zip(rss, store, strict=True))
+    ]
+    return watch
+
+
+def test_slope_is_in_mib_per_minute() -> None:
+    assert slope_per_minute([(0.0, 100.0), (60.0, 103.0), (120.0, 106.0)]) == 3.0
+    assert slope_per_minute([(0.0, 100.0)]) == 0.0
+
+
+def test_rss_that_rises_with_the_resume_store_is_flat() -> None:
+    store = [10.0 * n for n in range(10)]  # the load rises: the store holds 10 MiB more each minute
+    figures = watch_with([150.0 + s for s in store], store).figures(600.0)
+    assert figures["rss_mib_slope_per_minute_second_half"] == 10.0
+    assert figures["flat"] is True
+    assert figures["rss_mib_every_minute"][0] == 150.0
+
+
+def test_rss_that_rises_beside_a_steady_store_is_not_flat() -> None:
+    figures = watch_with([150.0 + 3 * n for n in range(10)], [40.0] * 10).figures(600.0)
+    assert figures["rss_minus_resume_store_slope_mib_per_minute"] == 3.0
+    assert figures["flat"] is False
