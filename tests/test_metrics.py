@@ -264,6 +264,7 @@ def test_an_edge_only_process_exports_the_edge_and_the_process_families_and_no_c
         "audiochat_edge_active_streams",
         "audiochat_sse_resume_buffer_bytes",
         "audiochat_sse_resume_turns",
+        "audiochat_resume_store_errors",
         "audiochat_edge_relay_added_seconds",
         "audiochat_resumes",
         "audiochat_build_info",
