@@ -33,6 +33,7 @@ from redis.retry import Retry
 
 from service import redis_client
 from service.settings import ENVIRONMENT, from_environment
+from service.upstream_registry import KINDS
 from tests import chart_values_table
 from tests.redis_server import REDIS_SERVER, free_port
 
@@ -626,6 +627,29 @@ def test_every_variable_set_is_one_the_application_reads(manifests: Rendering) -
         assert ours - {"EXTRA"} <= known, component(deployment)
 
 
+def test_upstream_choices_are_the_applications(chart: helm.Chart) -> None:
+    schema = chart.schema
+    assert schema is not None
+    choices = set(schema["properties"]["config"]["properties"]["upstream"]["enum"]) - {""}
+    assert choices == set(KINDS), (
+        "config.upstream's enum in values.schema.json must list service.upstream_registry.KINDS"
+    )
+
+
+@pytest.mark.parametrize("upstream", sorted(KINDS))
+def test_an_upstream_that_needs_a_key_fails_the_install_without_one(
+    render: Callable[[dict[str, Any]], dict[str, str]], upstream: str
+) -> None:
+    values = {"config": {"upstream": upstream}}
+    if KINDS[upstream].needs_key:
+        # Without the check the pods would render, then crash at start on the missing key.
+        with pytest.raises(helm.HelmRenderError, match=re.escape(f"config.upstream={upstream} needs a key")):
+            render(values)
+        values["openai"] = {"existingSecret": "openai"}
+    core = workload_named(Rendering(objects(render(values))), "core")
+    assert env(core)["AUDIOCHAT_UPSTREAM"]["value"] == upstream
+
+
 def test_model_is_the_applications_unless_set(render: Callable[[dict[str, Any]], dict[str, str]]) -> None:
     # The application's default follows the upstream; a chart default would pin one upstream's model.
     for deployment in Rendering(objects(render({}))).deployments():
@@ -733,7 +757,9 @@ def test_tuned_values_reach_the_pods(render: Callable[[dict[str, Any]], dict[str
     manifests = Rendering(objects(render(values_for("tuned"))))
     core, edge = env(workload_named(manifests, "core")), env(workload_named(manifests, "edge"))
     expected_core = {
-        "AUDIOCHAT_UPSTREAM": "openai",
+        "AUDIOCHAT_UPSTREAM": "openai-realtime",
+        "AUDIOCHAT_REALTIME_MODELS": "gpt-realtime,my-voice-model",
+        "AUDIOCHAT_CHAT_COMPLETIONS_MODELS": "gpt-audio",
         "AUDIOCHAT_MODEL": "gpt-audio",
         "AUDIOCHAT_VOICE": "verse",
         "AUDIOCHAT_LOG_LEVEL": "debug",

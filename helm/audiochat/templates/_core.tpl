@@ -56,6 +56,14 @@ readinessProbe:
 - name: AUDIOCHAT_UPSTREAM
   value: {{ . | quote }}
 {{- end }}
+{{- with .root.Values.config.realtimeModels }}
+- name: AUDIOCHAT_REALTIME_MODELS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- with .root.Values.config.chatCompletionsModels }}
+- name: AUDIOCHAT_CHAT_COMPLETIONS_MODELS
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- with $openai.baseUrl }}
 - name: OPENAI_BASE_URL
   value: {{ . | quote }}

@@ -117,6 +117,10 @@ audiochat/core-client: "true"
 {{- if and .Values.openai.apiKey .Values.openai.existingSecret }}
 {{- fail "set either openai.apiKey or openai.existingSecret, not both" }}
 {{- end }}
+{{- $upstream := .Values.config.upstream }}
+{{- if and (hasPrefix "openai" $upstream) (not (or .Values.openai.apiKey .Values.openai.existingSecret)) }}
+{{- fail (printf "config.upstream=%s needs a key: set openai.existingSecret (or openai.apiKey); the core would refuse to start without one" $upstream) }}
+{{- end }}
 {{- if and .Values.edge.apiKeys .Values.edge.existingApiKeysSecret }}
 {{- fail "set either edge.apiKeys or edge.existingApiKeysSecret, not both" }}
 {{- end }}
