@@ -104,6 +104,7 @@ class _Mirror:
         self.owner = b"" if owner is None else digest(owner)
         self.broken = False
         self.running = True
+        self.expiring = False  # whether the Stream has its TTL (set with its first entry)
         self.opened: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         store.enqueue(_Op(self, "open"))
 
@@ -393,7 +394,6 @@ class RedisResumeStore(ResumeStore):
         pipe = self.client.pipeline(transaction=False)
         owners: list[tuple[_Mirror | None, str]] = []  # per command: whose, and which operation
         running_ms = self._keep_ms + self.alive_ms
-        touched: set[_Mirror] = set()
         for op in batch:
             mirror = op.mirror
             if mirror.broken:
@@ -412,7 +412,10 @@ class RedisResumeStore(ResumeStore):
                     approximate=True,
                 )
                 owners.append((mirror, "write"))
-                touched.add(mirror)
+                if not mirror.expiring:  # from then on the heartbeats renew it
+                    mirror.expiring = True
+                    pipe.pexpire(mirror.events, running_ms)
+                    owners.append((mirror, "write"))
             elif op.kind == "trim":
                 pipe.xtrim(mirror.events, minid=f"{op.sequence}-0", approximate=False)
                 owners.append((mirror, "write"))
@@ -422,12 +425,7 @@ class RedisResumeStore(ResumeStore):
                 pipe.pexpire(mirror.meta, self._keep_ms)
                 pipe.delete(mirror.alive)
                 owners += [(mirror, "write")] * 4
-                touched.discard(mirror)
                 self._running.discard(mirror)
-        for mirror in touched:
-            if mirror.running:
-                pipe.pexpire(mirror.events, running_ms)
-                owners.append((mirror, "write"))
         if beat:
             for mirror in self._running:
                 if mirror.broken or not mirror.opened.done():

@@ -286,3 +286,52 @@ async def test_a_reader_elsewhere_ends_when_the_writer_dies(flushed: RedisServer
     finally:
         await writer.client.aclose()
         await reader.close()
+
+
+async def test_a_slow_reader_elsewhere_holds_the_writer_back_and_loses_nothing(
+    flushed: RedisServer,
+) -> None:
+    cap, size, count = 20_000, 1000, 120
+
+    def store() -> RedisResumeStore:
+        return RedisResumeStore(
+            connect(flushed.url, 0.2),
+            keep_seconds=5,
+            max_bytes=1 << 20,
+            max_turn_bytes=cap,
+            timeout_seconds=0.2,
+        )
+
+    writer, reader = store(), store()
+    sent = [b"%04d" % n + b"x" * (size - 4) for n in range(1, count + 1)]
+    held: list[int] = []
+
+    async def pump() -> None:
+        log = await writer.open("turn_slow")
+        for data in sent:
+            log.append(data)
+            await writer.wait_for_room(log)
+            held.append(log.size)
+        log.finish()
+
+    try:
+        pumping = asyncio.create_task(pump())
+        await asyncio.sleep(0.1)
+        found = await reader.find("turn_slow", 0, None)
+        assert found is not None
+        got = []
+        async for data in found.follow(0, heartbeat_seconds=1.0):
+            if data:
+                got.append(data)
+                await asyncio.sleep(0.002)  # slower than the pump
+        await asyncio.wait_for(pumping, 5)
+        assert got == sent, "every event, in order, to the reader on the other pod"
+        assert max(held) <= cap + size, "the writer's log held back, not grown"
+        raw = connect(flushed.url, 0.2)
+        try:
+            assert await raw.xlen("audiochat:sse:{turn_slow}:events") <= cap // size + 2, "and so did Redis"
+        finally:
+            await raw.aclose()
+    finally:
+        await writer.close()
+        await reader.close()
