@@ -95,6 +95,11 @@ class EdgeServer:
             await channel.close()
             await store.close()
             raise
+        if isinstance(store, RedisResumeStore) and (problem := await store.probe()) is not None:
+            log.warning(
+                "Redis unreachable at start: SSE turns are not resumable on other pods until it answers",
+                extra={"error": problem, "redis_unavailable": settings.redis_unavailable},
+            )
         log.info(
             "edge listening",
             extra={

@@ -261,6 +261,17 @@ class RedisResumeStore(ResumeStore):
             raise self._unavailable() from None
         self._down_at = None
 
+    async def probe(self) -> str | None:
+        """At start: why Redis cannot be used ("ConnectionError", "TimeoutError"...), or None when it answers.
+        A failure counts as one: fail mode refuses turns until Redis answers."""
+        try:
+            await self.client.ping()
+        except RedisError as exc:
+            _error("admit", exc)
+            self._down_at = asyncio.get_running_loop().time()
+            return type(exc).__name__
+        return None
+
     async def open(self, turn_id: str, owner: str | None = None) -> TurnLog:
         """The local log, copied to Redis; fail mode waits for the first write (StoreUnavailable if it fails).
         Continue mode skips the copy while Redis is known down (the turn is resumable on this pod only)."""

@@ -124,6 +124,8 @@ RESUME_STORE_ERRORS = Counter(
     ["operation"],
     registry=EDGE_REGISTRY,
 )
+for _operation in ("open", "write", "heartbeat", "find", "read", "reader", "admit", "forget"):
+    RESUME_STORE_ERRORS.labels(_operation)  # every series from 0, so a first failure shows in rate()
 # Hands-free (server VAD): how turns are committed, voice barge-ins, and the wait after speaking.
 TURN_COMMITS = Counter(
     "audiochat_turn_commits_total",

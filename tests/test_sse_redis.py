@@ -223,34 +223,57 @@ async def test_redis_down_fail_mode_refuses_new_turns_with_a_retry_delay(
     assert served.status_code == 200 and fold(blocks(served.content))["last"][0] == "turn.completed"
 
 
+async def test_redis_down_at_start(
+    start_edge: StartEdge, flushed: RedisServer, upstream: FixtureUpstream
+) -> None:
+    flushed.stop()
+    settings = {"redis_url": flushed.url, "redis_timeout_seconds": TIMEOUT}
+    failing = await start_edge(redis_unavailable="fail", **settings)
+    going_on = await start_edge(failing.service, redis_unavailable="continue", **settings)
+    body = {"text": "Hi", "model": "fixture/text_only"}
+    async with httpx.AsyncClient(timeout=20) as client:
+        refused = await client.post(f"{failing.base_url}/v1/turns", json=body)
+        assert upstream.streams_started == 0, "refused before the model is called"
+        served = await client.post(f"{going_on.base_url}/v1/turns", json=body)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert served.status_code == 200 and fold(blocks(served.content))["last"][0] == "turn.completed"
+
+
 @pytest.mark.parametrize("mode", ["continue", "fail"])
-async def test_redis_full(start_edge: StartEdge, mode: str) -> None:
-    probe = RedisServer()
-    probe.start()
-    client = redis.Redis(host="127.0.0.1", port=probe.port)
-    used = int(client.info("memory")["used_memory"])
-    client.close()
-    probe.stop()
-    full = RedisServer(maxmemory_bytes=used + 64 * 1024)  # room for a little, not for a spoken turn
+async def test_redis_full_mid_turn(start_edge: StartEdge, mode: str) -> None:
+    full = RedisServer(maxmemory_bytes=64 << 20)  # noeviction: past maxmemory, writes get OOM
     full.start()
+    admin = redis.Redis(host="127.0.0.1", port=full.port)
     try:
         a, b = await two_edges(start_edge, full, redis_unavailable=mode)
-        async with httpx.AsyncClient(base_url=a.base_url, timeout=20) as http:
-            first = await http.post(
-                "/v1/turns", json={"text": "Hi", "model": "fixture/audio_no_finish_reason"}
-            )
-            await asyncio.sleep(0.3)  # the copy's failure has been seen
-            second = await http.post("/v1/turns", json={"text": "Hi", "model": "fixture/text_only"})
-        # The live reader got everything; the copy failed (OOM) and was deleted: a resume is not found.
-        folded = fold(blocks(first.content))
+        first, filled = bytearray(), False
+        async with (
+            httpx.AsyncClient(base_url=a.base_url, timeout=20) as http,
+            http.stream("POST", "/v1/turns", json={"text": "Hi", "model": SLOW}) as response,
+        ):
+            async for chunk in response.aiter_raw():
+                first += chunk
+                if len(blocks(bytes(first))) >= 5 and not filled:
+                    admin.config_set("maxmemory", 1)  # Redis is full from here on
+                    filled = True
+        # The live reader got everything; the copy failed (OOM) and its keys went: a resume is not found.
+        folded = fold(blocks(bytes(first)))
         assert folded["sha256"] == expected("audio_no_finish_reason")["audio_sha256"]
         turn_id = folded["last"][1].rpartition(":")[0]
         assert (await get_events(b, f"{turn_id}:3")).status_code == 404
+        assert not admin.keys(f"audiochat:sse:{{{turn_id}}}:*"), "deleted (DEL works when Redis is full)"
+        async with httpx.AsyncClient(base_url=a.base_url, timeout=20) as http:
+            second = await http.post("/v1/turns", json={"text": "Hi", "model": "fixture/text_only"})
         if mode == "continue":
-            assert second.status_code == 200
+            assert second.status_code == 200 and fold(blocks(second.content))["last"][0] == "turn.completed"
         else:
             assert second.status_code == 503 and second.json()["error"]["code"] == "unavailable"
+            await asyncio.sleep(1.1)  # retry delay over: PING answers (a full Redis does), the write fails
+            async with httpx.AsyncClient(base_url=a.base_url, timeout=20) as http:
+                third = await http.post("/v1/turns", json={"text": "Hi", "model": "fixture/text_only"})
+            assert third.status_code == 503 and third.headers["retry-after"] == "1"
     finally:
+        admin.close()
         full.stop()
 
 
