@@ -267,7 +267,6 @@ def test_an_edge_only_process_exports_the_edge_and_the_process_families_and_no_c
         "audiochat_resume_store_errors",
         "audiochat_edge_relay_added_seconds",
         "audiochat_resumes",
-        "audiochat_resume_store_errors",
         "audiochat_build_info",
         "audiochat_gc_pause_seconds",
     }, "core families would read as zeros"
