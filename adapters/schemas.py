@@ -123,6 +123,16 @@ class ConfigMessage(TurnSettingsBody):
     turn_detection: Any = None
 
 
+class ResumeMessage(_Message):
+    """WebSocket `resume`: continue a conversation (instead of `config`) after the last event seen."""
+
+    type: Literal["resume"]
+    conversation_id: Text
+    turn_id: Text | None = None
+    sequence: Annotated[int, Field(strict=True, ge=0, le=2**64 - 1)] = 0
+    input_audio: InputAudioFormat | None = None
+
+
 class TextMessage(_Message):
     """WebSocket `text`: a typed turn."""
 
@@ -167,6 +177,7 @@ class BareMessage(_Message):
 
 WEBSOCKET_MESSAGES: dict[str, type[_Message]] = {
     "config": ConfigMessage,
+    "resume": ResumeMessage,
     "text": TextMessage,
     "commit": CommitMessage,
     "interrupt": InterruptMessage,

@@ -197,6 +197,10 @@ def _map(code: grpc.StatusCode, message: str, retry_ms: int, upstream_failed: bo
         return EdgeError(400, name, message, 1007)
     if code is grpc.StatusCode.FAILED_PRECONDITION:
         return EdgeError(409, name, message, 1008)
+    if code is grpc.StatusCode.NOT_FOUND:  # a resume of an unknown or expired conversation
+        return EdgeError(404, name, message, 1008)
+    if code is grpc.StatusCode.ABORTED:  # a newer connection resumed the conversation
+        return EdgeError(409, name, message, 1008)
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return EdgeError(401 if code is grpc.StatusCode.UNAUTHENTICATED else 403, name, message, 1008)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:

@@ -88,6 +88,7 @@ class Session:
         self._edge = edge
         self._input_format = pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=24_000)
         self._turn_index = 0
+        self._turn_id = ""
         self._turn_running = False
         self._turn_ended = asyncio.Event()
         self._turn_ended.set()
@@ -207,6 +208,15 @@ class Session:
                 turn_detection=turn_detection(body.get("turn_detection")),
             )
             return pb.ConverseRequest(config=config)
+        if kind == "resume":
+            if body.get("input_audio") is not None:
+                self._set_input_format(body["input_audio"])
+            resume = pb.ConverseResume(
+                conversation_id=body["conversation_id"],
+                turn_id=body.get("turn_id") or "",
+                sequence=body.get("sequence", 0),
+            )
+            return pb.ConverseRequest(resume=resume)
         if kind == "text":
             self._turn_ended.clear()  # a drain waits for the answer this asks for
             return pb.ConverseRequest(text=pb.TextInput(text=str(body.get("text", ""))))
@@ -261,6 +271,8 @@ class Session:
                     started = {
                         "type": "conversation.started",
                         "conversation_id": response.started.conversation_id,
+                        "resumed": response.started.resumed,
+                        "resumable": response.started.resumable,
                     }
                     await ws.send_text(json.dumps({**started, "protocol": PROTOCOL_VERSION}))
                     continue
@@ -270,17 +282,19 @@ class Session:
                     continue
                 event = response.event
                 kind = event.WhichOneof("event")
+                if event.turn_id != self._turn_id:
+                    # A new turn; after a resume, possibly one joined in the middle (no turn.started).
+                    self._turn_id = event.turn_id
+                    self._turn_index += 1
+                    self._turn_running, self._muted = True, False
+                    self._turn_ended.clear()
                 if kind == "audio":
                     if not self._muted:
                         header = AUDIO_HEADER.pack(self._turn_index, event.sequence, event.audio.start_sample)
                         await ws.send_bytes(header + event.audio.data)
                         relay.observe(time.perf_counter() - received_at)
                     continue
-                if kind == "started":
-                    self._turn_index += 1
-                    self._turn_running, self._muted = True, False
-                    self._turn_ended.clear()
-                elif kind == "completed":
+                if kind == "completed":
                     self._turn_running, self._muted = False, False
                     self._turn_ended.set()
                 payload = {

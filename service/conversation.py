@@ -24,7 +24,30 @@ from audiochat.v1 import audiochat_pb2 as pb
 from service import observe
 from service.audio import AudioFormatError
 from service.audio.decode import DecodeLimit, StreamDecoder
-from service.errors import InvalidInput, Overloaded, ShuttingDown, TurnFailed, UpstreamFailure, WrongState
+from service.conversation_resume import (
+    ALL_OF_IT_MS,
+    CANCEL_WAIT_SECONDS,
+    CUT_CALL_ENDED,
+    CUT_GONE,
+    CUT_GRACE,
+    TAKEN_OVER,
+    Binding,
+    TurnJournal,
+    cut_event,
+    follow_turn,
+    history_items,
+    wait_saved,
+)
+from service.errors import (
+    InvalidInput,
+    Overloaded,
+    ShuttingDown,
+    StoreUnavailable,
+    TakenOver,
+    TurnFailed,
+    UpstreamFailure,
+    WrongState,
+)
 from service.hands_free import HandsFree, vad_settings
 from service.normalizer import SAMPLE_RATE_HZ
 from service.tool_input import CalledTool, PendingCalls, ToolEntry
@@ -38,6 +61,7 @@ from service.turn_input import (
     TooLarge,
     UserEntry,
     history_entries,
+    history_entries_off_loop,
     resolve_settings,
     user_entry,
     user_entry_off_loop,
@@ -66,9 +90,19 @@ class Outbox:
         self._soft_limit = soft_limit
         self._room = asyncio.Event()
         self._room.set()
+        self._discarding = False
+
+    def discard(self) -> None:
+        """Nobody reads any more (the call ended, its turn runs on for a resume): drop what comes."""
+        self._discarding = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._room.set()
 
     async def put(self, item: Delivery) -> None:
         """Add an item once there is room."""
+        if self._discarding:
+            return
         while self._queue.qsize() >= self._soft_limit:
             self._room.clear()
             await self._room.wait()
@@ -76,7 +110,8 @@ class Outbox:
 
     def put_now(self, item: Delivery | BaseException | None) -> None:
         """Add an item past the limit: a last event, a failure, or None for the end."""
-        self._queue.put_nowait(item)
+        if not self._discarding:
+            self._queue.put_nowait(item)
 
     async def get(self) -> Delivery | BaseException | None:
         """The next item: a response, the exception that ends the call, or None for a clean end."""
@@ -116,8 +151,10 @@ class Conversation:
         turn_slot: Callable[[], AbstractContextManager[None]] = nullcontext,
         on_barge_in: Callable[[], None] = lambda: None,
         history: list[Entry] | None = None,
+        conversation_id: str = "",
     ) -> None:
-        self.conversation_id = f"conv_{uuid.uuid4().hex}"
+        self.conversation_id = conversation_id or f"conv_{uuid.uuid4().hex}"
+        self._config = config
         self.settings = resolve_settings(config.turn, defaults)
         # `history`: config.history already validated (and its recordings decoded off the event loop).
         self.history: list[Entry] = (
@@ -145,6 +182,34 @@ class Conversation:
         # After a barge-in by voice: (history index, transcript, audio ms) of the answer whose heard part
         # is the service's estimate, until the client's Interrupt says how much it really played.
         self._estimated: tuple[int, str, int] | None = None
+        # Resume: the store's hold on this conversation, the log of the running turn, and the turn of
+        # an earlier call being followed (its rest replayed from the store) after a resume.
+        self.binding: Binding | None = None
+        self._journal: TurnJournal | None = None
+        self._following = ""
+        self._side_tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a later call can resume this conversation."""
+        return self.binding is not None and not self.binding.broken
+
+    def snapshot(self) -> bytes:
+        """What a resume continues from: the config, with the history as it stands (calls still
+        waiting for their results left out: a resume cannot answer them)."""
+        history = self.history
+        if self._pending.waiting:
+            history = history[: len(history) - self._pending.answered - 1]
+        config = pb.ConverseConfig(
+            turn=self._config.turn,
+            turn_detection=self._config.turn_detection,
+            history=history_items(history),
+        )
+        return config.SerializeToString()
+
+    async def _save(self, turn_id: str = "") -> None:
+        if self.binding is not None:
+            await self.binding.save(self.snapshot(), turn_id)
 
     async def handle(self, request: pb.ConverseRequest) -> None:
         """Apply one client message."""
@@ -161,14 +226,16 @@ class Conversation:
             await self._commit(request.commit)
         elif kind == "interrupt":
             await self._interrupt(request.interrupt.played_ms)
+            if self._task is None or self._task.done():
+                await self._save()  # a heard part cut from the last answer
         elif kind == "tool_result":
             await self._tool_result(request.tool_result)
         elif kind == "clear_audio":
             self._new_recording().close()
             if self._hands_free is not None:
                 self._hands_free.drop()
-        elif kind == "config":
-            raise WrongState("config is only accepted as the first message of a conversation")
+        elif kind in ("config", "resume"):
+            raise WrongState(f"{kind} is only accepted as the first message of a conversation")
         else:
             raise InvalidInput("empty ConverseRequest: set one of config, text, audio, commit, interrupt")
 
@@ -324,20 +391,57 @@ class Conversation:
     async def _run(self, turn: Turn) -> None:
         try:
             with self._turn_slot():
+                if self.binding is not None:
+                    self._journal = await self.binding.open_turn(turn.turn_id, self._cancel_asked)
                 await self._relay(turn)
-        except (TurnFailed, Overloaded) as exc:
+        except TakenOver as exc:
+            self.outbox.put_now(exc)
+            return
+        except (TurnFailed, Overloaded, StoreUnavailable) as exc:
             # A refused turn is in-band here so that the conversation survives it.
-            failure = exc.failure if isinstance(exc, TurnFailed) else overloaded_failure(exc)
+            failure = (
+                exc.failure
+                if isinstance(exc, TurnFailed)
+                else overloaded_failure(exc)
+                if isinstance(exc, Overloaded)
+                else UpstreamFailure(pb.ERROR_CODE_UNAVAILABLE, exc.message, True, 1000)
+            )
             failed = turn.failed_before_start(failure)
+            self._log_event(failed)
             await self.outbox.put((pb.ConverseResponse(event=failed), turn, turn.chunk_read_at))
         self._remember(turn)
         self._on_turn_end(turn)
+        await self._turn_stored(turn)
+
+    def _log_event(self, event: pb.TurnEvent) -> None:
+        if self._journal is not None:
+            self._journal.record(event)
+
+    async def _turn_stored(self, turn: Turn) -> None:
+        """The turn ended: its log is complete, the history with it is saved for a resume."""
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            await journal.close()
+        try:
+            await self._save(turn.turn_id)
+        except TakenOver as exc:
+            self.outbox.put_now(exc)
+
+    def _cancel_asked(self, played_ms: int) -> None:
+        """A resumer on another call asked to interrupt the running turn (the interrupt its client sent)."""
+        task = asyncio.create_task(self._stop_asked(None if played_ms >= ALL_OF_IT_MS else played_ms))
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _stop_asked(self, played_ms: int | None) -> None:
+        await self._stop_turn(played_ms)
 
     async def _relay(self, turn: Turn) -> None:
         event: pb.TurnEvent | None = None
         try:
             async with aclosing(turn.events()) as events:
                 async for event in events:
+                    self._log_event(event)
                     await self.outbox.put((pb.ConverseResponse(event=event), turn, turn.chunk_read_at))
                     event = None
         except asyncio.CancelledError:
@@ -348,6 +452,8 @@ class Conversation:
     async def _stop_turn(self, played_ms: int | None) -> bool:
         """Interrupt the running turn, if any; True if one was running."""
         task, turn = self._task, self._turn
+        if task is not None and self._following and not task.done():
+            return await self._stop_followed(task, played_ms)
         if task is None or turn is None or task.done():
             return False
         task.cancel()
@@ -356,10 +462,92 @@ class Conversation:
             return False
         interrupted = turn.interrupted(played_ms)
         await truncate_heard(self._upstream, interrupted.completed.played_ms)
+        self._log_event(interrupted)
         self.outbox.put_now((pb.ConverseResponse(event=interrupted), turn, turn.chunk_read_at))
         self._remember(turn)
         self._on_turn_end(turn)
+        await self._turn_stored(turn)
         return True
+
+    def follow(self, turn_id: str, after: int) -> None:
+        """After a resume: deliver the rest of the turn an earlier call ran (events after `after`), then
+        continue from the history its end left. New input waits for it (an interrupt cancels it)."""
+        self._following = turn_id
+        self._task = asyncio.create_task(self._follow(turn_id, after), name=f"follow {turn_id}")
+
+    async def _follow(self, turn_id: str, after: int) -> None:
+        assert self.binding is not None
+        store, conversation_id = self.binding.store, self.conversation_id
+        try:
+            written = False  # the turn's end came from its writer, which saves the history after it
+            async for event in follow_turn(store, conversation_id, turn_id, after):
+                written = event.completed.error.message != CUT_GONE
+                await self.outbox.put((pb.ConverseResponse(event=event), None, time.perf_counter()))
+            if written:
+                config = pb.ConverseConfig.FromString(await wait_saved(store, conversation_id, turn_id))
+                self.history = await history_entries_off_loop(config.history, self._limits)
+        except StoreUnavailable as exc:
+            self.outbox.put_now(exc)
+        finally:
+            self._following = ""
+
+    async def _stop_followed(self, task: asyncio.Task[None], played_ms: int | None) -> bool:
+        """Interrupt a followed turn: its writer (another call, maybe another process) stops it."""
+        assert self.binding is not None
+        turn_id = self._following
+        played = ALL_OF_IT_MS if played_ms is None else played_ms
+        try:
+            await self.binding.store.request_cancel(self.conversation_id, turn_id, played)
+        except StoreUnavailable as exc:
+            self.outbox.put_now(exc)
+        done, _ = await asyncio.wait([task], timeout=CANCEL_WAIT_SECONDS)
+        if not done:
+            task.cancel()
+            await asyncio.wait([task])
+        return True
+
+    def orphan(self, grace_seconds: float) -> asyncio.Task[None] | None:
+        """The call ended while a turn runs: keep it running (its events going to the store only) for a
+        resume, up to `grace_seconds`; then it is cut. None when there is nothing to keep."""
+        task, turn = self._task, self._turn
+        binding = self.binding
+        if (
+            grace_seconds <= 0
+            or binding is None
+            or binding.broken
+            or self._journal is None
+            or task is None
+            or turn is None
+            or task.done()
+            or self._following
+        ):
+            return None
+        self.outbox.discard()
+        self._new_recording().close()
+        return asyncio.create_task(self._orphaned(task, turn, grace_seconds), name=f"orphan {turn.turn_id}")
+
+    async def _orphaned(self, task: asyncio.Task[None], turn: Turn, grace_seconds: float) -> None:
+        try:
+            await asyncio.wait([task], timeout=grace_seconds)
+            while self._side_tasks:  # an interrupt a resumer asked for
+                await asyncio.wait(list(self._side_tasks))
+            if task.done() or turn.finished:
+                return
+            task.cancel()
+            await asyncio.wait([task])
+            await self._cut(turn, CUT_GRACE)
+        finally:
+            await self.close()
+
+    async def _cut(self, turn: Turn, message: str) -> None:
+        """A turn stopped with nobody to hear it: its log ends with a cut, for a resume."""
+        if turn.finished or self._journal is None:
+            return
+        interrupted = turn.interrupted(None)
+        cut = cut_event(turn.turn_id, interrupted.sequence, interrupted.completed.transcript, message)
+        turn.completion = cut.completed
+        self._log_event(cut)
+        await self._turn_stored(turn)
 
     async def _interrupt(self, played_ms: int) -> None:
         if await self._stop_turn(played_ms):
@@ -436,17 +624,26 @@ class Conversation:
             ShuttingDown("the server is shutting down; reconnect to continue the conversation")
         )
 
+    def taken_over(self) -> None:
+        """A newer call resumed this conversation: end this call (ABORTED); a running turn is orphaned."""
+        self.outbox.put_now(TakenOver(TAKEN_OVER))
+
     def cancel(self) -> None:
         """The call is over: stop the running answer now; its task closes the upstream connection."""
         self._new_recording().close()
         if self._task is not None:
             self._task.cancel()
+        for task in self._side_tasks:
+            task.cancel()
 
     async def close(self) -> None:
-        """The call is over: stop the running answer and wait until its upstream connection is closed."""
+        """The call is over: stop the running answer and wait until its upstream connection is closed;
+        a resume of it finds it cut."""
         self.cancel()
         if self._task is not None:
             await asyncio.wait([self._task])
+        if self._turn is not None and self._journal is not None:
+            await self._cut(self._turn, CUT_CALL_ENDED)
         await end_conversation(self._upstream, self._shared_upstream)
 
 

@@ -69,6 +69,30 @@ class ShuttingDown(AudioChatError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class UnknownConversation(AudioChatError):
+    """A resume names a conversation the store does not hold (never started, or expired)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class NotOwner(AudioChatError):
+    """A resume of a conversation started with another API key."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class TakenOver(AudioChatError):
+    """A newer call resumed this conversation; this one ends."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class StoreUnavailable(AudioChatError):
+    """The shared state store (Redis) did not answer in time or refused a write (full)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 # The turn error codes share the numbers of the gRPC status codes (see ErrorCode in the .proto).
 _STATUS_BY_ERROR_CODE: dict[int, grpc.StatusCode] = {
     status.value[0]: status

@@ -12,11 +12,14 @@ from grpc_reflection.v1alpha import reflection
 from audiochat.v1 import audiochat_pb2 as pb
 from service import keepalive
 from service.api_keys import ApiKeys
+from service.conversation_resume import ResumeSettings
 from service.grpc_auth import ApiKeyInterceptor
 from service.listen import listen_error
 from service.registration import add_servicer
 from service.servicer import AudioChatServicer
 from service.settings import Settings
+from service.state.conversations import ConversationStore, MemoryConversationStore
+from service.state.conversations_redis import RedisConversationStore
 from service.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,25 @@ log = logging.getLogger(__name__)
 CUT_SECONDS = 1.0  # after the grace, how long cut calls get to send their status before gRPC cancels them
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AudioChatService"].full_name
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def conversation_store(settings: Settings) -> ConversationStore:
+    """Redis when AUDIOCHAT_REDIS_URL is set (any replica resumes), else this process's memory."""
+    if settings.redis_url:
+        return RedisConversationStore(
+            settings.redis_url, settings.redis_timeout_seconds, settings.conversation_ttl_seconds
+        )
+    return MemoryConversationStore(settings.conversation_ttl_seconds, settings.max_stored_conversations)
+
+
+def resume_settings(settings: Settings) -> ResumeSettings:
+    """How this server keeps conversations for a resume."""
+    return ResumeSettings(
+        store=conversation_store(settings),
+        orphan_seconds=settings.conversation_orphan_seconds,
+        turn_log_bytes=settings.conversation_turn_log_bytes,
+        fail_without_store=settings.redis_unavailable == "fail",
+    )
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -56,6 +78,7 @@ class AudioChatServer:
             limits=settings.limits,
             max_streams=settings.max_streams,
             max_conversations=settings.max_conversations,
+            resume=resume_settings(settings),
         )
         self.health = health.aio.HealthServicer()
         keys = ApiKeys.from_settings(settings)
@@ -112,7 +135,9 @@ class AudioChatServer:
             await self.servicer.cut(CUT_SECONDS)
         drain.cancel()
         await asyncio.wait([drain])
+        await self.servicer.end_orphans(CUT_SECONDS)
         await self._server.stop(grace=CUT_SECONDS)
+        await self.servicer.close_store()
         log.info("stopped")
 
     async def wait_for_termination(self) -> None:

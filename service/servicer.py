@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
@@ -13,9 +14,20 @@ from audiochat.v1 import audiochat_pb2 as pb
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
 from service import metrics, observe
 from service.admission import DEFAULT_MAX_CONVERSATIONS, Admission, let_client_finish_writing
+from service.api_keys import AUTHORIZATION, bearer_token
 from service.conversation import Conversation
-from service.errors import Overloaded, ShuttingDown, TurnFailed, WrongState, abort
+from service.conversation_resume import Binding, ResumeSettings
+from service.errors import (
+    Overloaded,
+    ShuttingDown,
+    StoreUnavailable,
+    TakenOver,
+    TurnFailed,
+    WrongState,
+    abort,
+)
 from service.registration import reject_malformed
+from service.state.conversations import owner_digest
 from service.turn import Turn
 from service.turn_input import (
     Defaults,
@@ -27,6 +39,7 @@ from service.turn_input import (
 )
 from service.upstream import Upstream
 
+log = logging.getLogger(__name__)
 ServicerContext = grpc.aio.ServicerContext[object, object]
 GRACE_OVER = "the server is shutting down and its drain grace is over; retry on another instance"
 
@@ -50,6 +63,7 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         limits: Limits,
         max_streams: int,
         max_conversations: int = DEFAULT_MAX_CONVERSATIONS,
+        resume: ResumeSettings | None = None,
     ) -> None:
         self._upstream = upstream
         self._defaults = defaults
@@ -61,6 +75,10 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         self.idle = asyncio.Event()  # set while no call is being served
         self.idle.set()
         self._cutting = False
+        self._resume = resume  # None: conversations cannot be resumed
+        self._held: dict[str, Conversation] = {}  # conversation id -> the call holding it here
+        # Turns kept running after their call ended, for a resume (each ends within the orphan grace).
+        self._orphans: dict[asyncio.Task[None], Conversation] = {}
 
     @property
     def draining(self) -> bool:
@@ -148,11 +166,22 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                 return
             reject_malformed(first)
             with self.admission.conversation(meter.conversations), self._serving(meter):
-                if first.WhichOneof("request") != "config":
-                    raise WrongState("the first message of a conversation must be its config")
-                history = await history_entries_off_loop(first.config.history, self._limits)
+                kind = first.WhichOneof("request")
+                if kind not in ("config", "resume"):
+                    raise WrongState("the first message of a conversation must be its config (or a resume)")
+                owner = owner_digest(_bearer(context))
+                resume = first.resume if kind == "resume" else None
+                config = first.config
+                epoch, followed = 0, ""
+                if resume is not None:
+                    if self._resume is None:
+                        raise StoreUnavailable("this server keeps no conversations to resume")
+                    attached = await self._resume.store.attach(resume.conversation_id, owner)
+                    config = pb.ConverseConfig.FromString(attached.config)
+                    epoch, followed = attached.epoch, attached.turn_id
+                history = await history_entries_off_loop(config.history, self._limits)
                 conversation = Conversation(
-                    first.config,
+                    config,
                     history=history,
                     upstream=self._upstream,
                     defaults=self._defaults,
@@ -161,22 +190,55 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                     on_heard_part=lambda played_ms: observe.interrupted_after_end(meter, played_ms),
                     turn_slot=lambda: self.admission.turn(meter.running),
                     on_barge_in=lambda: observe.barge_in(meter),
+                    conversation_id=resume.conversation_id if resume is not None else "",
                 )
-                self._conversations.add(conversation)
+                if resume is None:
+                    epoch = await self._store_new(conversation, owner)
+                if epoch and self._resume is not None:
+                    conversation.binding = Binding(
+                        self._resume, conversation.conversation_id, owner, epoch, conversation.snapshot
+                    )
+                if followed:
+                    assert resume is not None
+                    conversation.follow(followed, resume.sequence if resume.turn_id == followed else 0)
+                self._hold(conversation)
                 try:
-                    await self._converse(conversation, request_iterator, context, meter)
+                    await self._converse(conversation, request_iterator, context, meter, resume is not None)
                 finally:
                     self._conversations.discard(conversation)
+                    if self._held.get(conversation.conversation_id) is conversation:
+                        del self._held[conversation.conversation_id]
         except grpc.aio.AbortError:
             raise
         except asyncio.CancelledError:
             await self._cut_short(context)
             raise
-        except (Overloaded, ShuttingDown) as exc:
+        except (Overloaded, ShuttingDown, StoreUnavailable) as exc:
             await let_client_finish_writing(request_iterator)
             await abort(context, exc)
         except Exception as exc:
             await abort(context, exc)
+
+    async def _store_new(self, conversation: Conversation, owner: str) -> int:
+        """Keep a new conversation for a resume; its epoch, or 0 when the store failed (continue mode)."""
+        if self._resume is None:
+            return 0
+        try:
+            store, snapshot = self._resume.store, conversation.snapshot()
+            return await store.create(conversation.conversation_id, owner, snapshot)
+        except StoreUnavailable as exc:
+            if self._resume.fail_without_store:
+                raise
+            log.warning("conversation %s is not resumable: %s", conversation.conversation_id, exc.message)
+            return 0
+
+    def _hold(self, conversation: Conversation) -> None:
+        """This call holds the conversation now; an older call holding it here ends (the newer wins)."""
+        self._conversations.add(conversation)
+        older = self._held.get(conversation.conversation_id)
+        if older is not None:
+            older.taken_over()
+        self._held[conversation.conversation_id] = conversation
 
     async def _converse(
         self,
@@ -184,10 +246,14 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         request_iterator: AsyncIterator[pb.ConverseRequest],
         context: ServicerContext,
         meter: metrics.TransportMetrics,
+        resumed: bool,
     ) -> None:
-        started = pb.ConversationStarted(conversation_id=conversation.conversation_id)
+        started = pb.ConversationStarted(
+            conversation_id=conversation.conversation_id, resumed=resumed, resumable=conversation.resumable
+        )
         await context.write(pb.ConverseResponse(started=started))
         reader = asyncio.create_task(_read_requests(request_iterator, conversation))
+        left = False  # the client went away, or a newer call took the conversation: a running turn goes on
         try:
             while (item := await conversation.outbox.get()) is not None:
                 if isinstance(item, BaseException):
@@ -196,13 +262,22 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                 await context.write(response)
                 if turn is not None:
                     observe.event_sent(meter, turn, response.event, read_at)
+        except (asyncio.CancelledError, TakenOver):
+            left = not self._cutting
+            raise
         finally:
             # Cancel before any await: this task may be cancelled again while it waits, and the turn
             # task (blocked on a full outbox when the client stopped reading) must still close its upstream.
             reader.cancel()
-            conversation.cancel()
+            orphan = conversation.orphan(self._resume.orphan_seconds) if left and self._resume else None
+            if orphan is not None:
+                self._orphans[orphan] = conversation
+                orphan.add_done_callback(lambda task: self._orphans.pop(task, None))
+            else:
+                conversation.cancel()
             await asyncio.wait([reader])
-            await conversation.close()
+            if orphan is None:
+                await conversation.close()
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: ServicerContext
@@ -223,6 +298,19 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         self.admission.draining = True
         await asyncio.gather(*(conversation.drain() for conversation in list(self._conversations)))
 
+    async def close_store(self) -> None:
+        """Release the conversation store's connections (the server stopped)."""
+        if self._resume is not None:
+            await self._resume.store.aclose()
+
+    async def end_orphans(self, wait_seconds: float) -> None:
+        """Stop the turns still running for a resume (their logs end cut), within `wait_seconds`."""
+        orphans = list(self._orphans.items())
+        for _, conversation in orphans:
+            conversation.cancel()
+        if orphans:
+            await asyncio.wait([task for task, _ in orphans], timeout=wait_seconds)
+
     async def cut(self, wait_seconds: float) -> None:
         """The drain grace is over: end every call still served with UNAVAILABLE, within `wait_seconds`."""
         self._cutting = True
@@ -236,6 +324,14 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         """A call cancelled by `cut` (not by its client) ends UNAVAILABLE, so its client knows why."""
         if self._cutting:
             await abort(context, ShuttingDown(GRACE_OVER))
+
+
+def _bearer(context: ServicerContext) -> str | None:
+    """The API key the call carries (whether or not this server checks keys): a conversation's owner."""
+    for key, value in context.invocation_metadata() or ():
+        if key == AUTHORIZATION:
+            return bearer_token(str(value))
+    return None
 
 
 async def _read_requests(requests: AsyncIterator[pb.ConverseRequest], conversation: Conversation) -> None:

@@ -79,6 +79,14 @@ class Settings:
     # When Redis cannot be reached: "continue" serves turns without shared state (no cross-pod resume),
     # "fail" refuses new turns UNAVAILABLE until it is back.
     redis_unavailable: str = "continue"
+    # Conversation resume (service/conversation_resume.py): a conversation is kept this long after its last
+    # change; a turn whose call ended runs on this long for a resume (0: stopped at once, as before);
+    # a turn's events kept for a resume are capped at this many bytes; without Redis, this process keeps
+    # at most this many conversations (the least recently changed go first).
+    conversation_ttl_seconds: float = 3600.0
+    conversation_orphan_seconds: float = 10.0
+    conversation_turn_log_bytes: int = 8 * 1024 * 1024
+    max_stored_conversations: int = 10_000
 
     @property
     def upstream_kind(self) -> str:
@@ -158,6 +166,16 @@ class Settings:
         if self.redis_unavailable not in ("continue", "fail"):
             raise ValueError(
                 f"AUDIOCHAT_REDIS_UNAVAILABLE must be continue or fail, not {self.redis_unavailable!r}"
+            )
+        if self.conversation_ttl_seconds <= 0 or self.conversation_orphan_seconds < 0:
+            raise ValueError(
+                "AUDIOCHAT_CONVERSATION_TTL_SECONDS must be positive and"
+                " AUDIOCHAT_CONVERSATION_ORPHAN_SECONDS not negative"
+            )
+        if self.conversation_turn_log_bytes < 1024 or self.max_stored_conversations < 1:
+            raise ValueError(
+                "AUDIOCHAT_CONVERSATION_TURN_LOG_BYTES must be at least 1024 and"
+                " AUDIOCHAT_MAX_STORED_CONVERSATIONS positive"
             )
         if self.redis_timeout_seconds <= 0:
             raise ValueError("AUDIOCHAT_REDIS_TIMEOUT_SECONDS must be positive")

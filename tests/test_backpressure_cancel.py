@@ -1,5 +1,8 @@
 """A client that stops reading while the answer streams, then leaves: the upstream closes at once.
 
+(Conversations here keep no orphan grace: with one, the turn runs on for a resume and is cut at the
+grace's end, tested in test_conversation_resume.py.)
+
 Every transport and exit path: gRPC StreamTurn and Converse cancelled, a WebSocket closed, an
 OpenAI-compatible stream closed, an SSE turn abandoned by its client (during an upstream stall here;
 the SSE slow reader is in test_sse_slow_reader.py). The upstream is the fault upstream
@@ -17,7 +20,7 @@ import httpx
 from websockets.asyncio.client import connect
 
 from audiochat.v1 import audiochat_pb2 as pb
-from tests.conftest import RunningService
+from tests.conftest import RunningService, StartService
 from tests.edge_fixtures import RunningEdge, StartEdge
 from tests.events import text_request
 from tests.fault_upstream import FaultUpstream
@@ -57,8 +60,9 @@ async def test_stream_turn_cancelled_while_backpressured(
 
 
 async def test_converse_cancelled_while_backpressured(
-    service: RunningService, upstream: FaultUpstream
+    start_service: StartService, upstream: FaultUpstream
 ) -> None:
+    service = await start_service(conversation_orphan_seconds=0)  # no grace kept for a resume
     call = service.stub.Converse()
     await call.write(pb.ConverseRequest(config=pb.ConverseConfig(turn=pb.TurnConfig(model=LONG))))
     await call.read()
@@ -70,7 +74,10 @@ async def test_converse_cancelled_while_backpressured(
     await assert_upstream_closed(upstream, service, left_at)
 
 
-async def test_converse_half_closed_then_cancelled(service: RunningService, upstream: FaultUpstream) -> None:
+async def test_converse_half_closed_then_cancelled(
+    start_service: StartService, upstream: FaultUpstream
+) -> None:
+    service = await start_service(conversation_orphan_seconds=0)
     call = service.stub.Converse()
     await call.write(pb.ConverseRequest(config=pb.ConverseConfig(turn=pb.TurnConfig(model=LONG))))
     await call.read()
@@ -82,8 +89,10 @@ async def test_converse_half_closed_then_cancelled(service: RunningService, upst
     await assert_upstream_closed(upstream, service, left_at)
 
 
-async def test_websocket_closed_while_backpressured(start_edge: StartEdge, upstream: FaultUpstream) -> None:
-    edge = await start_edge()
+async def test_websocket_closed_while_backpressured(
+    start_edge: StartEdge, start_service: StartService, upstream: FaultUpstream
+) -> None:
+    edge = await start_edge(await start_service(conversation_orphan_seconds=0))
     ws = await connect(edge.ws_url, max_queue=1, compression=None)
     await ws.send(json.dumps({"type": "config", "model": LONG}))
     await ws.recv()

@@ -217,11 +217,23 @@ def test_barge_in_stops_playback_and_the_service_records_what_was_heard(
 def test_a_dropped_connection_reconnects(browser: Any) -> None:
     port = free_port()
     with serving(port) as first, open_page(browser, port) as page:
+        # Dropped mid-answer: the page resumes the conversation and receives the rest of the answer.
+        type_turn(page, "Are you there?")
+        page.wait_for_function("() => window.audiochatTest.turns[1]?.receivedSamples > 0", timeout=20_000)
+        page.evaluate("window.audiochatTest.drop()")
+        page.wait_for_function("() => window.audiochatTest.resumed === 1", timeout=20_000)
+        resumed = wait_turn(page, 1, reason="stop")
+        assert resumed["receivedSamples"] == resumed["audioSamples"], "every sample, across both connections"
+        assert page.locator(".bubble.assistant").count() == 1, "the answer continued in its own bubble"
+        type_turn(page, "Are you still there?")
+        assert wait_turn(page, 2)["reason"] == "stop"
+        # The server goes away with the conversation: the page starts a new one on the next server.
         assert first.stop() == 0
         page.wait_for_function("() => !window.audiochatTest.connected", timeout=10_000)
         assert page.locator("#status").inner_text().startswith("connection lost")
         with serving(port):
-            page.wait_for_function("() => window.audiochatTest.conversations >= 2", timeout=20_000)
+            page.wait_for_function("() => window.audiochatTest.conversations >= 3", timeout=20_000)
+            assert counters(page)["errors"][-1]["code"] == "not_found"
             type_turn(page, "Are you back?")
             assert wait_turn(page, 1)["reason"] == "stop"
 

@@ -5,6 +5,7 @@ The request's `model` picks the behaviour, so a test reads as what it asks for:
 - `slow/NAME`: the same capture, one event every `SLOW_EVENT_SECONDS`, so a test can cancel mid-answer;
 - `fresh/NAME`: the same capture as if recorded now: its `expires_at` is an hour from now;
 - `stall/SECONDS/NAME`: the capture's first event, then silence for SECONDS, then the rest;
+- `pause/SECONDS/NAME`: the capture's first event, then silence for SECONDS, then the rest at once;
 - `status/CODE/ERROR_CODE`: an HTTP error in OpenAI's shape (429 carries `retry-after-ms: 1500`);
 - `toolcall/NAME`: the `tool_call` capture, or, once the last message is a tool result, the capture NAME
   (a model that calls a tool, then speaks about its result).
@@ -92,6 +93,9 @@ class FixtureUpstream:
         elif kind == "stall":
             seconds, _, name = rest.partition("/")
             await self._stream(send, receive, fixture_events(name), slow=True, stall=float(seconds))
+        elif kind == "pause":
+            seconds, _, name = rest.partition("/")
+            await self._stream(send, receive, fixture_events(name), slow=True, stall=float(seconds), pace=0.0)
         elif kind == "toolcall":
             messages = request.get("messages") or [{}]
             answer = rest if messages[-1].get("role") == "tool" else "tool_call"
@@ -128,7 +132,14 @@ class FixtureUpstream:
         await respond(send, int(status), {"error": error}, headers)
 
     async def _stream(
-        self, send: Send, receive: Receive, events: list[bytes], *, slow: bool, stall: float = 0.0
+        self,
+        send: Send,
+        receive: Receive,
+        events: list[bytes],
+        *,
+        slow: bool,
+        stall: float = 0.0,
+        pace: float = SLOW_EVENT_SECONDS,
     ) -> None:
         self.streams_started += 1
         headers = [(b"content-type", b"text/event-stream"), (b"x-request-id", b"req_fixture")]
@@ -140,7 +151,7 @@ class FixtureUpstream:
                     if disconnected.done():
                         break
                     await send({"type": "http.response.body", "body": event, "more_body": True})
-                    pause = stall if index == 0 and stall else SLOW_EVENT_SECONDS
+                    pause = stall if index == 0 and stall else pace
                     await asyncio.wait([disconnected], timeout=pause)
             else:
                 body = b"".join(events)

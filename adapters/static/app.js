@@ -27,11 +27,13 @@ const ui = {
 
 // Counters the browser tests read; also handy in the console.
 const test = {
-  connected: false, conversations: 0, reconnects: 0, capturedSamples: 0, turns: {}, lastStop: null, errors: [],
+  connected: false, conversations: 0, reconnects: 0, resumed: 0, capturedSamples: 0, turns: {}, lastStop: null, errors: [],
   handsFree: false, speech: [], voiceState: "off", peakLevel: 0, keyRefused: false,
   toolCalls: [],
 };
 window.audiochatTest = test;
+// For the browser tests: the connection drops as a phone's does when it changes networks.
+test.drop = () => socket?.close(4000, "dropped by the test");
 
 let socket = null;
 let reconnectAttempt = 0;
@@ -43,6 +45,12 @@ let pendingTurnSentAt = null;
 let handsFree = false; // server VAD: the microphone streams all the time and the service finds the turns
 let userSpeaking = false;
 const turns = new Map(); // turn_index -> turn state
+// Resume after a dropped connection: the conversation, and the last turn event received (turn_id, sequence).
+let conversationId = null;
+let lastSeen = { turnId: "", sequence: 0 };
+let resumeRefused = false; // the server no longer has the conversation: the next connection starts a new one
+let takenOver = false; // another connection resumed this conversation: this page stops
+let playIds = 0; // the player's id for each turn: stable when a resume gives the turn a new index
 
 // ---------- connection ----------
 
@@ -70,6 +78,14 @@ function connect() {
   socket = ws;
   ws.onopen = () => {
     if (key) ws.send(JSON.stringify({ type: "auth", token: key }));
+    if (conversationId) {
+      // The same conversation, on whichever server answers: its history, and the rest of a streaming answer.
+      ws.send(JSON.stringify({
+        type: "resume", conversation_id: conversationId, turn_id: lastSeen.turnId, sequence: lastSeen.sequence,
+        input_audio: { encoding: "pcm16", sample_rate_hz: SOURCE_RATE },
+      }));
+      return;
+    }
     const config = { type: "config", input_audio: { encoding: "pcm16", sample_rate_hz: SOURCE_RATE } };
     if (handsFree) config.turn_detection = { type: "server_vad" };
     // Opus answers: about 35 kbit/s instead of pcm16's 384, decoded here by WebCodecs.
@@ -89,9 +105,18 @@ function onClose(ws, event) {
   if (socket !== ws) return; // replaced on purpose (settings changed)
   socket = null;
   test.connected = false;
-  stopPlayback(false);
-  for (const turn of turns.values()) if (!turn.done) finishTurn(turn, { reason: "error", error: { message: "connection lost" } });
+  if (!conversationId) loseTurns(); // else a resume brings the rest of the answer; what was received plays on
   if (keyRefused) return; // already said, and reconnecting with the same key would be refused again
+  if (resumeRefused) {
+    resumeRefused = false;
+    connect(); // a new conversation at once
+    return;
+  }
+  if (takenOver) {
+    showError("This conversation continues in another window or device.");
+    setStatus("taken over", false);
+    return;
+  }
   if (event.code === 1008) {
     showError(`The server refused the connection: ${event.reason || "not allowed"}.`);
     setStatus("refused", false);
@@ -107,11 +132,19 @@ function onClose(ws, event) {
   }, delay);
 }
 
-// A new connection on purpose (settings or turn detection changed): the old one closes without a retry.
+function loseTurns() {
+  stopPlayback(false);
+  for (const turn of turns.values()) if (!turn.done) finishTurn(turn, { reason: "error", error: { message: "connection lost" } });
+}
+
+// A new connection on purpose (settings or turn detection changed): the old one closes without a retry,
+// and a new conversation starts (its config changed).
 function reconnectNow() {
   const old = socket;
   socket = null;
   old?.close(1000);
+  conversationId = null;
+  loseTurns();
   reconnectAttempt = 0;
   connect();
 }
@@ -132,11 +165,19 @@ function send(message) {
 // ---------- events from the server ----------
 
 function onEvent(event) {
+  if (event.turn_id) lastSeen = { turnId: event.turn_id, sequence: event.sequence };
   switch (event.type) {
     case "conversation.started":
-      // Turn indexes count per connection: a new conversation starts them again at 1.
-      turns.clear();
-      test.turns = {};
+      // Turn indexes count per connection: they start again at 1, the answer a resume continues included.
+      if (event.resumed) {
+        test.resumed += 1;
+        adoptUnfinishedTurn();
+      } else {
+        turns.clear();
+        test.turns = {};
+        lastSeen = { turnId: "", sequence: 0 };
+      }
+      conversationId = event.resumable ? event.conversation_id : null;
       reconnectAttempt = 0;
       test.connected = true;
       test.conversations += 1;
@@ -158,7 +199,7 @@ function onEvent(event) {
       updateVoiceState();
       break;
     case "turn.started": {
-      const turn = turnFor(event.turn_index);
+      const turn = turnFor(event.turn_index, event.turn_id);
       turn.turnId = event.turn_id;
       turn.inputAudioMs = event.input_audio_ms;
       turn.encoding = event.audio_format?.encoding ?? "pcm16";
@@ -167,11 +208,11 @@ function onEvent(event) {
       break;
     }
     case "text.delta":
-      appendText(turnFor(event.turn_index), event.text);
+      appendText(turnFor(event.turn_index, event.turn_id), event.text);
       break;
     case "turn.completed": {
       // An Opus answer's last frames may still be in the decoder: the turn ends once they are played out.
-      const turn = turnFor(event.turn_index);
+      const turn = turnFor(event.turn_index, event.turn_id);
       const finish = () => {
         finishTurn(turn, event);
         for (const call of event.tool_calls ?? []) runTool(call);
@@ -183,7 +224,16 @@ function onEvent(event) {
     }
     case "error":
       test.errors.push(event);
-      if (event.code === "unauthenticated") askForKey();
+      if (event.code === "not_found" || event.code === "permission_denied") {
+        // The conversation expired or is on a server that lost it: the next connection starts a new one.
+        conversationId = null;
+        resumeRefused = true;
+        loseTurns();
+      } else if (event.code === "aborted") {
+        takenOver = true;
+        conversationId = null;
+        loseTurns();
+      } else if (event.code === "unauthenticated") askForKey();
       else showError(event.message || "The server reported an error.");
       break;
     default:
@@ -195,6 +245,7 @@ function onAudio(buffer) {
   const view = new DataView(buffer);
   const turnIndex = view.getUint32(0, true);
   const turn = turnFor(turnIndex);
+  lastSeen = { turnId: turn.turnId ?? lastSeen.turnId, sequence: view.getUint32(4, true) };
   if (turn.stopped) return; // in flight when the listener talked over it
   if (turn.encoding !== "opus") {
     playPcm(turn, buffer.slice(16));
@@ -221,16 +272,33 @@ function playPcm(turn, pcm) {
   turn.receivedSamples += samples;
   test.turns[turnIndex].receivedSamples = turn.receivedSamples;
   ensureAudio().then(({ player }) => {
-    player.port.postMessage({ type: "audio", turnId: turnIndex, pcm }, [pcm]);
+    player.port.postMessage({ type: "audio", turnId: turn.playId, pcm }, [pcm]);
     turn.playing = true;
   });
 }
 
-function turnFor(index) {
+// After a resume the answer that was streaming comes back as the new connection's first turn.
+function adoptUnfinishedTurn() {
+  const unfinished = [...turns.values()].find((turn) => !turn.done);
+  const records = test.turns;
+  turns.clear();
+  test.turns = {};
+  if (!unfinished) return;
+  test.turns[1] = records[unfinished.index];
+  unfinished.index = 1;
+  turns.set(1, unfinished);
+}
+
+function turnFor(index, turnId = null) {
   let turn = turns.get(index);
+  if (turn && turnId && turn.turnId && turn.turnId !== turnId) {
+    // Not the answer the page was waiting for (that one ended while the connection was down).
+    finishTurn(turn, { reason: "error", error: { message: "connection lost" } });
+    turn = null;
+  }
   if (!turn) {
     turn = {
-      index, turnId: null, text: "", pcm: [], receivedSamples: 0, playedSamples: 0, firstAudioAt: null,
+      index, turnId, playId: ++playIds, text: "", pcm: [], receivedSamples: 0, playedSamples: 0, firstAudioAt: null,
       sentAt: pendingTurnSentAt ?? performance.now(), done: false, stopped: false, playing: false,
       bubble: addBubble("assistant", ""),
     };
@@ -264,7 +332,7 @@ function finishTurn(turn, event) {
   if (turn.firstAudioAt !== null) meta.append(span(`first audio ${Math.round(turn.firstAudioAt - turn.sentAt)} ms`));
   meta.append(span(`done in ${seconds.toFixed(1)} s`)); // from sending to the last event, not the audio's length
   if (turn.receivedSamples) meta.append(downloadLink(turn));
-  if (audio && !turn.stopped) audio.player.port.postMessage({ type: "end", turnId: turn.index });
+  if (audio && !turn.stopped) audio.player.port.postMessage({ type: "end", turnId: turn.playId });
 }
 
 function markCut(turn, playedMs) {
@@ -301,10 +369,10 @@ async function ensureAudio() {
 
 function onPlayerMessage(message) {
   if (message.type === "played" && message.turnId !== null) {
-    const turn = turns.get(message.turnId);
+    const turn = [...turns.values()].find((candidate) => candidate.playId === message.turnId);
     if (turn) {
       turn.playedSamples = message.playedSamples;
-      test.turns[message.turnId].playedSamples = message.playedSamples;
+      test.turns[turn.index].playedSamples = message.playedSamples;
       if (message.drained) {
         turn.playing = false;
         updateVoiceState();
@@ -334,7 +402,7 @@ async function stopPlayback(notifyServer = true) {
     audio.stopWaiters.push(resolve);
     audio.player.port.postMessage({ type: "stop" });
   });
-  const playedSamples = stopped.turnId === turn.index ? stopped.playedSamples : turn.playedSamples;
+  const playedSamples = stopped.turnId === turn.playId ? stopped.playedSamples : turn.playedSamples;
   turn.playedSamples = playedSamples;
   turn.playing = false;
   const playedMs = Math.floor(playedSamples / SAMPLES_PER_MS);

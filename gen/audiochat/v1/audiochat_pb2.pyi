@@ -1436,6 +1436,7 @@ class ConverseRequest(_message.Message):
     INTERRUPT_FIELD_NUMBER: _builtins.int
     CLEAR_AUDIO_FIELD_NUMBER: _builtins.int
     TOOL_RESULT_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def config(self) -> Global___ConverseConfig:
         """First message, and only the first."""
@@ -1466,6 +1467,10 @@ class ConverseRequest(_message.Message):
         continues the answer by itself (a new turn); an interrupt or a new input before then cancels it.
         """
 
+    @_builtins.property
+    def resume(self) -> Global___ConverseResume:
+        """First message instead of config: continue a conversation whose call ended (a dropped connection)."""
+
     def __init__(
         self,
         *,
@@ -1476,34 +1481,88 @@ class ConverseRequest(_message.Message):
         interrupt: Global___Interrupt | None = ...,
         clear_audio: Global___ClearAudio | None = ...,
         tool_result: Global___ToolResult | None = ...,
+        resume: Global___ConverseResume | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "clear_audio", b"clear_audio", "commit", b"commit", "config", b"config", "interrupt", b"interrupt", "request", b"request", "text", b"text", "tool_result", b"tool_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "clear_audio", b"clear_audio", "commit", b"commit", "config", b"config", "interrupt", b"interrupt", "request", b"request", "resume", b"resume", "text", b"text", "tool_result", b"tool_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "clear_audio", b"clear_audio", "commit", b"commit", "config", b"config", "interrupt", b"interrupt", "request", b"request", "text", b"text", "tool_result", b"tool_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "clear_audio", b"clear_audio", "commit", b"commit", "config", b"config", "interrupt", b"interrupt", "request", b"request", "resume", b"resume", "text", b"text", "tool_result", b"tool_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["config", "text", "audio", "commit", "interrupt", "clear_audio", "tool_result"]  # noqa: Y015
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["config", "text", "audio", "commit", "interrupt", "clear_audio", "tool_result", "resume"]  # noqa: Y015
     _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
 
 Global___ConverseRequest: _TypeAlias = ConverseRequest  # noqa: Y015
 
 @_typing.final
-class ConversationStarted(_message.Message):
-    """ConversationStarted acknowledges the config."""
+class ConverseResume(_message.Message):
+    """ConverseResume continues a conversation on any server that shares its conversation store (memory:
+    the same process; Redis: any replica), with the history and config it had. Refused NOT_FOUND for an
+    unknown or expired id (AUDIOCHAT_CONVERSATION_TTL_SECONDS after its last change), PERMISSION_DENIED
+    when the call's API key is not the one that started it, UNAVAILABLE when the store cannot be reached.
+    A call still holding the conversation is ended ABORTED: the newer connection wins.
+
+    The answer that was streaming when the old call ended follows ConversationStarted: its events after
+    (turn_id, sequence), followed live while the old server still runs it (it keeps a turn whose caller
+    left running for AUDIOCHAT_CONVERSATION_ORPHAN_SECONDS). When the rest cannot be had (that server went
+    away, the grace ran out, the turn outgrew the store's buffer) the turn ends with a TurnCompleted of
+    reason FINISH_REASON_ERROR, code ERROR_CODE_UNAVAILABLE, retryable: the answer was cut, send it again.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
-    """Identifies the conversation in the service's logs."""
+    """ConversationStarted.conversation_id of the conversation to continue."""
+    turn_id: _builtins.str
+    """The turn_id of the last TurnEvent the client received; empty if it received none."""
+    sequence: _builtins.int
+    """The sequence of that event; events of that turn after it are sent again."""
     def __init__(
         self,
         *,
         conversation_id: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "sequence", b"sequence", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConverseResume: _TypeAlias = ConverseResume  # noqa: Y015
+
+@_typing.final
+class ConversationStarted(_message.Message):
+    """ConversationStarted acknowledges the config (or a resume)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    RESUMED_FIELD_NUMBER: _builtins.int
+    RESUMABLE_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """Identifies the conversation: in the service's logs, and in a ConverseResume. A random 128-bit id;
+    with an open server (no API keys) it is all a resume needs, so keep it as secret as a session cookie.
+    """
+    resumed: _builtins.bool
+    """True when this call continues a conversation (ConverseResume) instead of starting one."""
+    resumable: _builtins.bool
+    """Whether a later ConverseResume can continue this conversation: false when the conversation store
+    could not be reached and AUDIOCHAT_REDIS_UNAVAILABLE is continue (the conversation works, unresumable).
+    """
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        resumed: _builtins.bool = ...,
+        resumable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "resumable", b"resumable", "resumed", b"resumed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

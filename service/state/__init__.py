@@ -1,0 +1,1 @@
+"""What must outlive a connection or a process: in this process's memory by default, Redis when configured."""
