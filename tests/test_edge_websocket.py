@@ -15,6 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from service.audio import parse_wav
+from tests.conftest import StartService
 from tests.edge_fixtures import RunningEdge, StartEdge
 from tests.events import expected
 from tests.upstream_server import FixtureUpstream
@@ -145,7 +146,11 @@ async def test_interrupt_stops_the_answer_and_closes_the_upstream(
     await ws.close()
 
 
-async def test_client_going_away_closes_the_upstream(edge: RunningEdge, upstream: FixtureUpstream) -> None:
+async def test_client_going_away_closes_the_upstream(
+    start_edge: StartEdge, start_service: StartService, upstream: FixtureUpstream
+) -> None:
+    # No grace kept for a resume (with one, the turn runs on: tests/test_conversation_resume.py).
+    edge = await start_edge(await start_service(conversation_orphan_seconds=0))
     ws = await open_conversation(edge, "slow/audio_no_finish_reason")
     await ws.send(json.dumps({"type": "text", "text": "Tell me a long story"}))
     await read_turn(ws, until_audio_frames=1)
