@@ -196,7 +196,8 @@ async def follow_turn(
             if event.HasField("completed"):
                 return
         if not read.live and not read.events:
-            yield cut_event(turn_id, seen + 1, "".join(transcript), CUT_GONE)
+            # The client may have seen events its writer had not logged yet when it died.
+            yield cut_event(turn_id, max(seen, after) + 1, "".join(transcript), CUT_GONE)
             return
 
 

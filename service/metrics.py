@@ -126,6 +126,11 @@ RESUME_STORE_ERRORS = Counter(
 )
 for _operation in ("open", "write", "heartbeat", "find", "read", "reader", "admit", "forget"):
     RESUME_STORE_ERRORS.labels(_operation)  # every series from 0, so a first failure shows in rate()
+CONVERSATION_RESUMES = Counter(
+    "audiochat_conversation_resumes_total",
+    "Conversations resumed after a dropped connection, or refused: not_found, not_owner, unavailable.",
+    ["result"],
+)
 # Hands-free (server VAD): how turns are committed, voice barge-ins, and the wait after speaking.
 TURN_COMMITS = Counter(
     "audiochat_turn_commits_total",

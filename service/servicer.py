@@ -18,16 +18,18 @@ from service.api_keys import AUTHORIZATION, bearer_token
 from service.conversation import Conversation
 from service.conversation_resume import Binding, ResumeSettings
 from service.errors import (
+    NotOwner,
     Overloaded,
     ShuttingDown,
     StoreUnavailable,
     TakenOver,
     TurnFailed,
+    UnknownConversation,
     WrongState,
     abort,
 )
 from service.registration import reject_malformed
-from service.state.conversations import owner_digest
+from service.state.conversations import Attached, owner_digest
 from service.turn import Turn
 from service.turn_input import (
     Defaults,
@@ -176,7 +178,7 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
                 if resume is not None:
                     if self._resume is None:
                         raise StoreUnavailable("this server keeps no conversations to resume")
-                    attached = await self._resume.store.attach(resume.conversation_id, owner)
+                    attached = await _attach(self._resume, resume.conversation_id, owner)
                     config = pb.ConverseConfig.FromString(attached.config)
                     epoch, followed = attached.epoch, attached.turn_id
                 history = await history_entries_off_loop(config.history, self._limits)
@@ -324,6 +326,18 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
         """A call cancelled by `cut` (not by its client) ends UNAVAILABLE, so its client knows why."""
         if self._cutting:
             await abort(context, ShuttingDown(GRACE_OVER))
+
+
+async def _attach(resume: ResumeSettings, conversation_id: str, owner: str) -> Attached:
+    """The stored conversation for a resume, counted by result."""
+    try:
+        attached = await resume.store.attach(conversation_id, owner)
+    except (UnknownConversation, NotOwner, StoreUnavailable) as exc:
+        result = {UnknownConversation: "not_found", NotOwner: "not_owner"}.get(type(exc), "unavailable")
+        metrics.CONVERSATION_RESUMES.labels(result).inc()
+        raise
+    metrics.CONVERSATION_RESUMES.labels("resumed").inc()
+    return attached
 
 
 def _bearer(context: ServicerContext) -> str | None:

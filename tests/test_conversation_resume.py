@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from audiochat.v1 import audiochat_pb2 as pb
 from service.conversation_resume import CUT_CALL_ENDED, CUT_GRACE
@@ -177,7 +178,13 @@ async def test_an_interrupt_reaches_the_turn_the_old_call_runs(
     again.cancel()
 
 
+def resumes(result: str) -> float:
+    value = REGISTRY.get_sample_value("audiochat_conversation_resumes_total", {"result": result})
+    return value or 0.0
+
+
 async def test_refusals(core: RunningService) -> None:
+    before = {result: resumes(result) for result in ("resumed", "not_found", "not_owner")}
     call, conversation_id = await start(core, "fixture/text_only")
     for request, metadata, code in [
         (resume("conv_" + "0" * 32), KEY, grpc.StatusCode.NOT_FOUND),
@@ -197,3 +204,5 @@ async def test_refusals(core: RunningService) -> None:
     await newer.write(text("hi"))
     assert (await read_events(newer)).completed is not None
     newer.cancel()
+    counted = {result: resumes(result) - before[result] for result in before}
+    assert counted == {"resumed": 1, "not_found": 1, "not_owner": 2}

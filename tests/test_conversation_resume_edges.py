@@ -1,6 +1,7 @@
 """A WebSocket conversation moves between two edges (real uvicorn) in front of one core keeping its
 conversations in a real redis-server: the socket drops mid-answer on edge A, the client resumes through
-edge B and gets the rest and the history; another key is refused; Redis stopped mid-conversation."""
+edge B and gets the rest and the history; another key is refused; Redis stopped mid-conversation; the
+core running an answer killed, and the resume on another core reporting it cut."""
 
 from __future__ import annotations
 
@@ -10,14 +11,20 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 from adapters.websocket import AUDIO_HEADER
+from audiochat.v1 import audiochat_pb2 as pb
+from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
+from service.conversation_resume import CUT_GONE
+from service.state.conversations_redis import LEASE_SECONDS
 from tests.conftest import RunningService, StartService
 from tests.edge_fixtures import RunningEdge, StartEdge
 from tests.events import expected
+from tests.processes import audiochat_serve
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 (fixture)
 from tests.upstream_server import FixtureUpstream
 
@@ -167,3 +174,45 @@ async def test_redis_stopped_with_fail_refuses_turns_until_it_is_back(
     assert again["type"] == "turn.started", again
     assert (await rest_of_turn(ws, bytearray(), again["sequence"]))["reason"] == "stop"
     await ws.close()
+
+
+async def test_the_core_running_the_answer_dies_and_the_resume_reports_it_cut(
+    start_service: StartService,
+    upstream: FixtureUpstream,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    # Core A is a real `audiochat serve`, killed (SIGKILL) mid-answer; core B, in this process, takes over.
+    env = {
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": upstream.base_url,
+        "AUDIOCHAT_UPSTREAM": "openai",
+        "AUDIOCHAT_REDIS_URL": redis_server.url,
+        "AUDIOCHAT_ROLE": "core",
+    }
+    with audiochat_serve(env=env) as serve_a:
+        ready = await asyncio.to_thread(serve_a.wait_for, "audiochat ready")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ready['grpc_port']}") as channel:
+            stub: Any = pb_grpc.AudioChatServiceStub(channel)
+            call = stub.Converse(metadata=(("authorization", "Bearer k"),))
+            config = pb.ConverseConfig(turn=pb.TurnConfig(model="pause/30/audio_no_finish_reason"))
+            await call.write(pb.ConverseRequest(config=config))
+            conversation_id = (await call.read()).started.conversation_id
+            await call.write(pb.ConverseRequest(text=pb.TextInput(text="hello")))
+            first = (await call.read()).event
+            assert first.HasField("started")
+            serve_a.process.kill()
+            await asyncio.to_thread(serve_a.process.wait)
+    core_b = await start_service(redis_url=redis_server.url)
+    call = core_b.stub.Converse(metadata=(("authorization", "Bearer k"),))
+    resume = pb.ConverseResume(conversation_id=conversation_id, turn_id=first.turn_id, sequence=1)
+    await call.write(pb.ConverseRequest(resume=resume))
+    assert (await call.read()).started.resumed
+    async with asyncio.timeout(LEASE_SECONDS + 5):  # found out once the dead core's lease runs out
+        cut = (await call.read()).event
+    assert (cut.turn_id, cut.sequence) == (first.turn_id, 2)
+    assert cut.completed.reason == pb.FINISH_REASON_ERROR and cut.completed.error.message == CUT_GONE
+    assert cut.completed.error.code == pb.ERROR_CODE_UNAVAILABLE and cut.completed.error.retryable
+    await call.write(pb.ConverseRequest(text=pb.TextInput(text="hello again")))
+    assert (await call.read()).event.HasField("started")
+    assert [m["role"] for m in upstream.requests[-1]["messages"]] == ["user"]  # nothing of the cut turn
+    call.cancel()
