@@ -73,13 +73,23 @@ def _openai(default: str) -> Opener:
     return open_openai
 
 
-async def _offline(settings: Settings, stack: AsyncExitStack) -> Upstream:
-    voice = OfflineVoiceServer(OfflineVoiceSettings(realtime_factor=settings.offline_realtime_factor))
-    await stack.enter_async_context(voice)
-    log.info("no OPENAI_API_KEY: answering with the offline voice", extra={"base_url": voice.base_url})
-    upstream = OpenAIUpstream(api_key="offline", base_url=voice.base_url, deadlines=settings.deadlines)
-    stack.push_async_callback(upstream.close)
-    return upstream
+def _offline(default: str) -> Opener:
+    """The offline voice, started in-process; it speaks both APIs (`/v1/chat/completions` and the
+    `/v1/realtime` WebSocket) at one loopback base URL, so the model mapping works on it as on OpenAI."""
+
+    async def open_offline(settings: Settings, stack: AsyncExitStack) -> Upstream:
+        voice = OfflineVoiceServer(OfflineVoiceSettings(realtime_factor=settings.offline_realtime_factor))
+        await stack.enter_async_context(voice)
+        log.info(
+            "no OPENAI_API_KEY: answering with the offline voice, %s by default",
+            "Realtime API" if default == REALTIME else "Chat Completions",
+            extra={"base_url": voice.base_url},
+        )
+        upstream = routed(settings, "offline", voice.base_url, default)
+        stack.push_async_callback(upstream.close)
+        return upstream
+
+    return open_offline
 
 
 CHAT_MODEL = "gpt-4o-audio-preview"
@@ -90,7 +100,8 @@ KINDS: dict[str, UpstreamKind] = {
     for kind in (
         UpstreamKind("openai", CHAT_COMPLETIONS, True, _openai(CHAT_COMPLETIONS), CHAT_MODEL),
         UpstreamKind("openai-realtime", REALTIME, True, _openai(REALTIME), REALTIME_MODEL),
-        UpstreamKind("offline", CHAT_COMPLETIONS, False, _offline, CHAT_MODEL),
+        UpstreamKind("offline", CHAT_COMPLETIONS, False, _offline(CHAT_COMPLETIONS), CHAT_MODEL),
+        UpstreamKind("offline-realtime", REALTIME, False, _offline(REALTIME), REALTIME_MODEL),
     )
 }
 

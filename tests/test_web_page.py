@@ -55,9 +55,10 @@ def wait_ready(port: int, timeout: float = 30) -> None:
 
 
 @contextmanager
-def serving(port: int) -> Iterator[ServeProcess]:
-    """`audiochat serve` with its edge on `port`, the offline voice speaking at real time."""
-    environment = {"AUDIOCHAT_HTTP_PORT": str(port), "AUDIOCHAT_OFFLINE_REALTIME_FACTOR": "1"}
+def serving(port: int, **environ: str) -> Iterator[ServeProcess]:
+    """`audiochat serve` with its edge on `port`, the offline voice speaking at real time; `environ`: more
+    settings (AUDIOCHAT_UPSTREAM=offline-realtime...)."""
+    environment = {"AUDIOCHAT_HTTP_PORT": str(port), "AUDIOCHAT_OFFLINE_REALTIME_FACTOR": "1", **environ}
     with audiochat_serve(env=environment) as serve:
         serve.wait_for("audiochat ready")
         wait_ready(port)
