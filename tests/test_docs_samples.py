@@ -34,6 +34,10 @@ RUN_SECONDS = 120
 NOT_RUN: dict[tuple[str, str], str] = {
     ("README.md", "make run    #"): "starts the long-running service this test starts itself",
     ("README.md", "export OPENAI_API_KEY"): "needs a real OpenAI key",
+    (
+        "README.md",
+        "AUDIOCHAT_UPSTREAM=offline-realtime make run",
+    ): "starts the long-running service (tests/test_offline_realtime_serve.py runs that serve)",
     ("README.md", "docker build"): "needs a container engine and a registry",
     (
         "README.md",
