@@ -31,3 +31,17 @@ def test_rss_that_rises_beside_a_steady_store_is_not_flat() -> None:
     figures = watch_with([150.0 + 3 * n for n in range(10)], [40.0] * 10).figures(600.0)
     assert figures["rss_minus_resume_store_slope_mib_per_minute"] == 3.0
     assert figures["flat"] is False
+
+
+def test_with_memory_reports_live_bytes_judge_not_rss_that_malloc_keeps_after_the_store_shrank() -> None:
+    store = [100.0 - 10 * n for n in range(10)]  # the load falls: the store lets 10 MiB go a minute
+    watch = watch_with([300.0] * 10, store)  # and malloc keeps the pages: RSS stays
+    for sample, held in zip(watch.samples, store, strict=True):
+        sample.update(malloc_in_use_mib=60.0 + held, pymalloc_in_use_mib=40.0)
+    figures = watch.figures(600.0)
+    assert figures["rss_minus_resume_store_slope_mib_per_minute"] == 10.0
+    assert figures["live_outside_store_slope_mib_per_minute"] == 0.0
+    assert figures["flat"] is True
+    for sample in watch.samples:
+        sample["malloc_in_use_mib"] += 2 * sample["seconds"] / 60  # 2 MiB/min held outside the store
+    assert watch.figures(600.0)["flat"] is False
