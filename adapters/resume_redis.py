@@ -99,7 +99,7 @@ class _Mirror:
 
     def __init__(self, store: RedisResumeStore, log: TurnLog, owner: str | None) -> None:
         self.store = store
-        self.log = log
+        self.turn_id = log.turn_id  # not the log: a mirror waiting to be forgotten must not hold its events
         self.events, self.meta, self.alive, self.reader = _keys(log.turn_id)
         self.owner = b"" if owner is None else digest(owner)
         self.broken = False
@@ -238,7 +238,7 @@ class RedisResumeStore(ResumeStore):
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
         self._running: set[_Mirror] = set()
-        self._forget: dict[str, _Mirror] = {}
+        self._forget: set[str] = set()  # turns whose keys are deleted once Redis answers
         self._writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._down_at: float | None = None  # loop time of the last failure, None while Redis answers
@@ -306,7 +306,7 @@ class RedisResumeStore(ResumeStore):
     def forget(self, mirror: _Mirror) -> None:
         self._running.discard(mirror)
         if len(self._forget) < MAX_FORGET:
-            self._forget[mirror.log.turn_id] = mirror
+            self._forget.add(mirror.turn_id)
         self._wake.set()
 
     async def wait_for_room(self, log: TurnLog) -> None:
@@ -476,7 +476,7 @@ class RedisResumeStore(ResumeStore):
             self._down_at = None
         if not forget_failed:
             for turn_id in forgotten:
-                self._forget.pop(turn_id, None)
+                self._forget.discard(turn_id)
         for op in batch:
             if op.kind == "open" and not op.mirror.opened.done():
                 op.mirror.opened.set_result(op.mirror not in failed)
