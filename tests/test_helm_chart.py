@@ -770,6 +770,10 @@ def test_tuned_values_reach_the_pods(render: Callable[[dict[str, Any]], dict[str
         "AUDIOCHAT_MAX_CONNECTION_AGE_SECONDS": "900",
         "AUDIOCHAT_UPSTREAM_TIMEOUT_SECONDS": "90",
         "AUDIOCHAT_MAX_TURN_AUDIO_SECONDS": "120",
+        "AUDIOCHAT_CONVERSATION_TTL_SECONDS": "900",
+        "AUDIOCHAT_CONVERSATION_ORPHAN_SECONDS": "0",
+        "AUDIOCHAT_CONVERSATION_TURN_LOG_BYTES": "2097152",
+        "AUDIOCHAT_MAX_STORED_CONVERSATIONS": "500",
         "EXTRA": "1",
     }
     expected_edge = {

@@ -52,6 +52,14 @@ readinessProbe:
 - name: AUDIOCHAT_MAX_TURN_AUDIO_SECONDS
   value: {{ . | int64 | quote }}
 {{- end }}
+{{- $conversations := .values.conversations }}
+{{- range $name, $key := dict "AUDIOCHAT_CONVERSATION_TTL_SECONDS" "ttlSeconds" "AUDIOCHAT_CONVERSATION_ORPHAN_SECONDS" "orphanSeconds" "AUDIOCHAT_CONVERSATION_TURN_LOG_BYTES" "turnLogBytes" "AUDIOCHAT_MAX_STORED_CONVERSATIONS" "maxStored" }}
+{{- $value := index $conversations $key }}
+{{- if not (kindIs "invalid" $value) }}
+- name: {{ $name }}
+  value: {{ $value | int64 | quote }}
+{{- end }}
+{{- end }}
 {{- with .root.Values.config.upstream }}
 - name: AUDIOCHAT_UPSTREAM
   value: {{ . | quote }}
