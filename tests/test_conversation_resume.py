@@ -14,11 +14,11 @@ from audiochat.v1 import audiochat_pb2 as pb
 from service.conversation_resume import CUT_CALL_ENDED, CUT_GRACE
 from tests.conftest import RunningService, StartService
 from tests.events import Collected, expected
+from tests.fault_upstream import FaultUpstream
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 (fixture)
 from tests.upstream_server import FixtureUpstream
 
 PAUSE = "pause/0.5/audio_no_finish_reason"  # its first event, half a second of nothing, then the rest
-SLOW = "slow/audio_no_finish_reason"  # one event every 50 ms
 KEY = (("authorization", "Bearer key-a"),)
 
 
@@ -156,9 +156,10 @@ async def test_without_a_grace_the_turn_stops_at_once_and_is_cut(
 
 
 async def test_an_interrupt_reaches_the_turn_the_old_call_runs(
-    core: RunningService, upstream: FixtureUpstream
+    core: RunningService, upstream: FaultUpstream
 ) -> None:
-    call, conversation_id = await start(core, SLOW)
+    # Some of the answer, then nothing until the gateway lets go: only the interrupt can end this turn.
+    call, conversation_id = await start(core, "silent/20/audio_no_finish_reason")
     await call.write(text("Is a golden retriever a good family dog?"))
     seen = Collected()
     while not seen.audio:  # some of the answer's audio has arrived (and none of it was played)
@@ -170,7 +171,7 @@ async def test_an_interrupt_reaches_the_turn_the_old_call_runs(
     rest = await read_events(again, seen)
     assert rest.completed is not None and rest.completed.reason == pb.FINISH_REASON_INTERRUPTED
     async with asyncio.timeout(5):
-        await upstream.client_closed.wait()
+        await upstream.idle()  # the writer closed the upstream stream
     await again.write(text("Something else."))
     await read_events(again, count=1)
     # Nothing of the answer was heard: only the user's question stays.
