@@ -35,7 +35,11 @@ def conversation_store(settings: Settings) -> ConversationStore:
         return RedisConversationStore(
             settings.redis_url, settings.redis_timeout_seconds, settings.conversation_ttl_seconds
         )
-    return MemoryConversationStore(settings.conversation_ttl_seconds, settings.max_stored_conversations)
+    return MemoryConversationStore(
+        settings.conversation_ttl_seconds,
+        settings.max_stored_conversations,
+        settings.max_stored_conversation_bytes,
+    )
 
 
 def resume_settings(settings: Settings) -> ResumeSettings:

@@ -87,6 +87,8 @@ class Settings:
     conversation_orphan_seconds: float = 10.0
     conversation_turn_log_bytes: int = 8 * 1024 * 1024
     max_stored_conversations: int = 10_000
+    # ... and at most this many bytes of them (configs with their history, and last turns' events).
+    max_stored_conversation_bytes: int = 256 * 1024 * 1024
 
     @property
     def upstream_kind(self) -> str:
@@ -172,6 +174,8 @@ class Settings:
                 "AUDIOCHAT_CONVERSATION_TTL_SECONDS must be positive and"
                 " AUDIOCHAT_CONVERSATION_ORPHAN_SECONDS not negative"
             )
+        if self.max_stored_conversation_bytes < 1024 * 1024:
+            raise ValueError("AUDIOCHAT_MAX_STORED_CONVERSATION_BYTES must be at least 1048576 (1 MiB)")
         if self.conversation_turn_log_bytes < 1024 or self.max_stored_conversations < 1:
             raise ValueError(
                 "AUDIOCHAT_CONVERSATION_TURN_LOG_BYTES must be at least 1024 and"

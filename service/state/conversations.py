@@ -111,21 +111,28 @@ class _Record:
     turn_id: str = ""
     saved_turn_id: str = ""
     log: _Log | None = None
+    size: int = 0  # bytes of config and of the last turn's events, as counted against the store's cap
 
 
 class MemoryConversationStore:
-    """This process's conversations: at most `max_conversations` (the least recently changed go first),
-    each for `ttl_seconds` after its last change."""
+    """This process's conversations: at most `max_conversations`, and `max_bytes` of configs and last
+    turns' events in all (the least recently changed go first), each for `ttl_seconds` after its last
+    change. Expired ones are let go whenever anything changes, not only when asked for, so a busy process
+    holds what the last `ttl_seconds` left, bounded by `max_bytes`, never its whole history."""
 
-    def __init__(self, ttl_seconds: float, max_conversations: int) -> None:
+    def __init__(
+        self, ttl_seconds: float, max_conversations: int, max_bytes: int = 256 * 1024 * 1024
+    ) -> None:
         self.ttl_seconds = ttl_seconds
         self._max = max_conversations
+        self._max_bytes = max_bytes
+        self.bytes = 0
         self._records: OrderedDict[str, _Record] = OrderedDict()
 
     def _get(self, conversation_id: str) -> _Record | None:
         record = self._records.get(conversation_id)
         if record is not None and record.expires_at <= time.monotonic():
-            del self._records[conversation_id]
+            self._drop(conversation_id)
             return None
         return record
 
@@ -133,10 +140,32 @@ class MemoryConversationStore:
         record.expires_at = time.monotonic() + self.ttl_seconds
         self._records.move_to_end(conversation_id)
 
+    def _resize(self, record: _Record, size: int) -> None:
+        self.bytes += size - record.size
+        record.size = size
+        self._shrink()
+
+    def _shrink(self) -> None:
+        """Let go of expired conversations, then of the least recently changed while over a cap."""
+        now = time.monotonic()
+        while self._records:
+            conversation_id, oldest = next(iter(self._records.items()))
+            over = len(self._records) > self._max or self.bytes > self._max_bytes
+            if not over and oldest.expires_at > now:
+                return
+            self._drop(conversation_id)
+
+    def _drop(self, conversation_id: str) -> None:
+        record = self._records.pop(conversation_id)
+        self.bytes -= record.size
+        if record.log is not None and record.log.live:
+            record.log.live = False  # a follower of its turn ends instead of waiting on it
+            record.log.touch()
+
     async def create(self, conversation_id: str, owner: str, config: bytes) -> int:
-        while len(self._records) >= self._max:
-            self._records.popitem(last=False)
-        self._records[conversation_id] = _Record(owner, config, 1, time.monotonic() + self.ttl_seconds)
+        record = _Record(owner, config, 1, time.monotonic() + self.ttl_seconds)
+        self._records[conversation_id] = record
+        self._resize(record, len(config))
         return 1
 
     async def attach(self, conversation_id: str, owner: str) -> Attached:
@@ -159,10 +188,12 @@ class MemoryConversationStore:
         record = self._get(conversation_id)
         if record is None or not (record.epoch == epoch if epoch else record.turn_id == turn_id):
             return False
+        grown = len(config) - len(record.config)
         record.config = config
         if turn_id:
             record.saved_turn_id = turn_id
         self._touch(conversation_id, record)
+        self._resize(record, record.size + grown)
         return True
 
     async def open_turn(self, conversation_id: str, epoch: int, turn_id: str) -> bool:
@@ -176,6 +207,7 @@ class MemoryConversationStore:
             record.log.touch()
         record.turn_id, record.log = turn_id, _Log(turn_id)
         self._touch(conversation_id, record)
+        self._resize(record, len(record.config))  # the previous turn's events are let go
         return True
 
     def _log(self, conversation_id: str, turn_id: str) -> _Log | None:
@@ -189,7 +221,10 @@ class MemoryConversationStore:
             return None
         log.events.extend(events)
         log.touch()
-        return log.cancel_ms
+        cancel_ms = log.cancel_ms
+        record = self._records[conversation_id]
+        self._resize(record, record.size + sum(len(event) for event in events))
+        return cancel_ms
 
     async def close_turn(self, conversation_id: str, turn_id: str) -> None:
         log = self._log(conversation_id, turn_id)
@@ -218,3 +253,4 @@ class MemoryConversationStore:
 
     async def aclose(self) -> None:
         self._records.clear()
+        self.bytes = 0
