@@ -121,6 +121,8 @@ class ConfigMessage(TurnSettingsBody):
     type: Literal["config"]
     input_audio: InputAudioFormat | None = None
     turn_detection: Any = None
+    # ms an answer outlives a dropped socket for a `resume` (ConverseConfig.resume_grace_ms); 0: none.
+    resume_grace_ms: Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)] | None = None
 
 
 class ResumeMessage(_Message):

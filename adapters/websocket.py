@@ -207,6 +207,8 @@ class Session:
                 history=history(body.get("history")),
                 turn_detection=turn_detection(body.get("turn_detection")),
             )
+            if body.get("resume_grace_ms") is not None:
+                config.resume_grace_ms = body["resume_grace_ms"]
             return pb.ConverseRequest(config=config)
         if kind == "resume":
             if body.get("input_audio") is not None:

@@ -205,6 +205,8 @@ class Conversation:
             turn_detection=self._config.turn_detection,
             history=history_items(history),
         )
+        if self._config.HasField("resume_grace_ms"):
+            config.resume_grace_ms = self._config.resume_grace_ms
         return config.SerializeToString()
 
     async def _save(self, turn_id: str = "") -> None:
@@ -505,6 +507,11 @@ class Conversation:
             task.cancel()
             await asyncio.wait([task])
         return True
+
+    @property
+    def resume_grace_seconds(self) -> float:
+        """How long the client asked a running answer to outlive its call (config.resume_grace_ms)."""
+        return self._config.resume_grace_ms / 1000
 
     def orphan(self, grace_seconds: float) -> asyncio.Task[None] | None:
         """The call ended while a turn runs: keep it running (its events going to the store only) for a

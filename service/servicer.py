@@ -271,7 +271,10 @@ class AudioChatServicer(pb_grpc.AudioChatServiceServicer):
             # Cancel before any await: this task may be cancelled again while it waits, and the turn
             # task (blocked on a full outbox when the client stopped reading) must still close its upstream.
             reader.cancel()
-            orphan = conversation.orphan(self._resume.orphan_seconds) if left and self._resume else None
+            # Only a client that asked for it (config.resume_grace_ms) has its answer outlive the call:
+            # for any other, every way the call ends closes the upstream at once.
+            grace = min(conversation.resume_grace_seconds, self._resume.orphan_seconds) if self._resume else 0
+            orphan = conversation.orphan(grace) if left and grace > 0 else None
             if orphan is not None:
                 self._orphans[orphan] = conversation
                 orphan.add_done_callback(lambda task: self._orphans.pop(task, None))

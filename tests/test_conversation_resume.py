@@ -41,9 +41,12 @@ def resume(conversation_id: str, turn_id: str = "", sequence: int = 0) -> pb.Con
     )
 
 
-async def start(core: RunningService, model: str, metadata: Any = KEY, **turn: Any) -> tuple[Any, str]:
+async def start(
+    core: RunningService, model: str, metadata: Any = KEY, grace_ms: int | None = 10_000, **turn: Any
+) -> tuple[Any, str]:
+    """A conversation whose client asks its answers to outlive a dropped call by `grace_ms` (None: unset)."""
     call = core.stub.Converse(metadata=metadata)
-    config = pb.ConverseConfig(turn=pb.TurnConfig(model=model, **turn))
+    config = pb.ConverseConfig(turn=pb.TurnConfig(model=model, **turn), resume_grace_ms=grace_ms)
     await call.write(pb.ConverseRequest(config=config))
     started = (await call.read()).started
     assert not started.resumed and started.resumable
@@ -152,6 +155,22 @@ async def test_without_a_grace_the_turn_stops_at_once_and_is_cut(
     await again.write(text("hello again"))  # a cut turn leaves no trace in the history: send it again
     await read_events(again, count=1)
     assert [m["role"] for m in upstream.requests[-1]["messages"]] == ["user"]
+    again.cancel()
+
+
+async def test_a_client_that_asked_for_no_grace_has_its_answer_stopped_at_once(
+    start_service: StartService, upstream: FixtureUpstream
+) -> None:
+    core = await start_service(conversation_orphan_seconds=30)  # the server would allow a grace
+    call, conversation_id = await start(core, PAUSE, grace_ms=None)
+    await call.write(text("hello"))
+    seen = await read_events(call, count=1)
+    call.cancel()
+    async with asyncio.timeout(2):  # not the server's 30 s: the client never asked to come back for it
+        await upstream.client_closed.wait()
+    again = await resumed(core, resume(conversation_id, seen.events[0].turn_id, 1))
+    rest = await read_events(again, seen)
+    assert rest.completed is not None and rest.completed.error.message == CUT_CALL_ENDED
     again.cancel()
 
 

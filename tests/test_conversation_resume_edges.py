@@ -59,7 +59,7 @@ async def receive(ws: ClientConnection) -> dict[str, Any]:
 
 async def open_on(edge: RunningEdge, model: str, key: str = "key-a") -> tuple[ClientConnection, str]:
     ws = await connect(edge.ws_url, subprotocols=keyed(key), compression=None)
-    await ws.send(json.dumps({"type": "config", "model": model}))
+    await ws.send(json.dumps({"type": "config", "model": model, "resume_grace_ms": 10_000}))
     started = await receive(ws)
     assert started["type"] == "conversation.started" and started["resumable"] is True
     return ws, str(started["conversation_id"])
@@ -194,7 +194,9 @@ async def test_the_core_running_the_answer_dies_and_the_resume_reports_it_cut(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{ready['grpc_port']}") as channel:
             stub: Any = pb_grpc.AudioChatServiceStub(channel)
             call = stub.Converse(metadata=(("authorization", "Bearer k"),))
-            config = pb.ConverseConfig(turn=pb.TurnConfig(model="pause/30/audio_no_finish_reason"))
+            config = pb.ConverseConfig(
+                turn=pb.TurnConfig(model="pause/30/audio_no_finish_reason"), resume_grace_ms=10_000
+            )
             await call.write(pb.ConverseRequest(config=config))
             conversation_id = (await call.read()).started.conversation_id
             await call.write(pb.ConverseRequest(text=pb.TextInput(text="hello")))

@@ -86,7 +86,13 @@ function connect() {
       }));
       return;
     }
-    const config = { type: "config", input_audio: { encoding: "pcm16", sample_rate_hz: SOURCE_RATE } };
+    // resume_grace_ms: an answer streaming when the socket drops goes on for 10 s, so the resume after a
+    // reconnect plays the rest instead of reporting it cut.
+    const config = {
+      type: "config",
+      input_audio: { encoding: "pcm16", sample_rate_hz: SOURCE_RATE },
+      resume_grace_ms: 10000,
+    };
     if (handsFree) config.turn_detection = { type: "server_vad" };
     // Opus answers: about 35 kbit/s instead of pcm16's 384, decoded here by WebCodecs.
     if (ui.opusAnswers.checked && opusPlaybackSupported()) config.output_audio = "opus";

@@ -1216,6 +1216,14 @@ class ConverseConfig(_message.Message):
     TURN_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     TURN_DETECTION_FIELD_NUMBER: _builtins.int
+    RESUME_GRACE_MS_FIELD_NUMBER: _builtins.int
+    resume_grace_ms: _builtins.int
+    """Milliseconds an answer still streaming when this call ends without finishing (a dropped connection)
+    keeps running, its events going to the conversation store, so a ConverseResume can deliver the rest.
+    Unset or 0 (the default): the answer stops when the call ends and its upstream connection is closed
+    at once; a resume then reports that turn cut. Capped by the server's
+    AUDIOCHAT_CONVERSATION_ORPHAN_SECONDS (a larger value gets the cap). Kept across resumes.
+    """
     @_builtins.property
     def turn(self) -> Global___TurnConfig:
         """Settings for every turn of the conversation."""
@@ -1234,12 +1242,15 @@ class ConverseConfig(_message.Message):
         turn: Global___TurnConfig | None = ...,
         history: _abc.Iterable[Global___HistoryItem] | None = ...,
         turn_detection: Global___TurnDetection | None = ...,
+        resume_grace_ms: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["turn", b"turn", "turn_detection", b"turn_detection"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_resume_grace_ms", b"_resume_grace_ms", "resume_grace_ms", b"resume_grace_ms", "turn", b"turn", "turn_detection", b"turn_detection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "turn", b"turn", "turn_detection", b"turn_detection"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_grace_ms", b"_resume_grace_ms", "history", b"history", "resume_grace_ms", b"resume_grace_ms", "turn", b"turn", "turn_detection", b"turn_detection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__resume_grace_ms: _TypeAlias = _typing.Literal["resume_grace_ms"]  # noqa: Y015
+    _WhichOneofArgType__resume_grace_ms: _TypeAlias = _typing.Literal["_resume_grace_ms", b"_resume_grace_ms"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__resume_grace_ms) -> _WhichOneofReturnType__resume_grace_ms | None: ...
 
 Global___ConverseConfig: _TypeAlias = ConverseConfig  # noqa: Y015
 
