@@ -163,6 +163,16 @@ SSE_RESUME_TURNS = Gauge(
     "SSE turns this edge holds: running, or ended less than AUDIOCHAT_RESUME_SECONDS ago.",
     registry=EDGE_REGISTRY,
 )
+# The core's in-process conversation store is the other bounded cache (make soak subtracts both).
+CONVERSATION_STORE_BYTES = Gauge(
+    "audiochat_conversation_store_bytes",
+    "Bytes of conversations (configs with history, last answers' events) this core keeps in its memory for"
+    " resumes (at most AUDIOCHAT_MAX_STORED_CONVERSATION_BYTES; not exported when the store is Redis).",
+)
+CONVERSATION_STORE_CONVERSATIONS = Gauge(
+    "audiochat_conversation_store_conversations",
+    "Conversations this core keeps in its memory for resumes (at most AUDIOCHAT_MAX_STORED_CONVERSATIONS).",
+)
 BUILD_INFO = Info("audiochat_build", "Version of the running gateway.")
 GC_PAUSE = Histogram(
     "audiochat_gc_pause_seconds",

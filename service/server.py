@@ -10,7 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from audiochat.v1 import audiochat_pb2 as pb
-from service import keepalive
+from service import keepalive, metrics
 from service.api_keys import ApiKeys
 from service.conversation_resume import ResumeSettings
 from service.grpc_auth import ApiKeyInterceptor
@@ -35,11 +35,15 @@ def conversation_store(settings: Settings) -> ConversationStore:
         return RedisConversationStore(
             settings.redis_url, settings.redis_timeout_seconds, settings.conversation_ttl_seconds
         )
-    return MemoryConversationStore(
+    store = MemoryConversationStore(
         settings.conversation_ttl_seconds,
         settings.max_stored_conversations,
         settings.max_stored_conversation_bytes,
     )
+    # What it holds explains a core's memory; the gauges read the store a process serves with.
+    metrics.CONVERSATION_STORE_BYTES.set_function(lambda: store.bytes)
+    metrics.CONVERSATION_STORE_CONVERSATIONS.set_function(lambda: len(store))
+    return store
 
 
 def resume_settings(settings: Settings) -> ResumeSettings:

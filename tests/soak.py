@@ -346,7 +346,7 @@ class Soak:
 
 
 def start_gateway(
-    upstream_url: str, grpc_port: int, http_port: int, extra_env: dict[str, str]
+    upstream_url: str, grpc_port: int, http_port: int, metrics_port: int, extra_env: dict[str, str]
 ) -> subprocess.Popen[bytes]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AUDIOCHAT_"))},
@@ -357,7 +357,7 @@ def start_gateway(
         "AUDIOCHAT_BIND": "127.0.0.1",
         "AUDIOCHAT_GRPC_PORT": str(grpc_port),
         "AUDIOCHAT_HTTP_PORT": str(http_port),
-        "AUDIOCHAT_METRICS_PORT": "0",
+        "AUDIOCHAT_METRICS_PORT": str(metrics_port),
         "AUDIOCHAT_UPSTREAM_TIMEOUT_SECONDS": "2",
         "AUDIOCHAT_UPSTREAM_IDLE_TIMEOUT_SECONDS": "1",
         "AUDIOCHAT_UPSTREAM_MAX_WAIT_SECONDS": "2",
@@ -433,7 +433,7 @@ async def run(options: Options) -> dict[str, Any]:
         upstream.scripts["malformed"] = b"".join(fixture_events("audio_no_finish_reason")[:14]) + script(
             {"choices": [{"index": 0, "delta": {"audio": {"data": "!!!!"}}}]}
         )
-        grpc_port, http_port = free_port(), free_port()
+        grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
         extra_env = dict(options.gateway_env)
         report_path = None
         if options.memory_reports is not None:
@@ -442,7 +442,7 @@ async def run(options: Options) -> dict[str, Any]:
                 old.unlink()
             report_path = options.memory_reports / "latest.json"
             extra_env["AUDIOCHAT_MEMORY_REPORT"] = str(report_path)
-        gateway = start_gateway(upstream.base_url, grpc_port, http_port, extra_env)
+        gateway = start_gateway(upstream.base_url, grpc_port, http_port, metrics_port, extra_env)
         try:
             await wait_ready(f"http://127.0.0.1:{http_port}")
             rss_start = rss_mib(gateway.pid)
@@ -451,6 +451,7 @@ async def run(options: Options) -> dict[str, Any]:
                 gateway.pid,
                 every=options.sample_seconds,
                 metrics_url=f"http://127.0.0.1:{http_port}/metrics",
+                core_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
                 report_path=report_path,
                 report_every=options.report_seconds,
                 keep_reports=options.memory_reports,

@@ -10,9 +10,13 @@ The resume store is a bounded cache whose size follows the load: `AUDIOCHAT_RESU
 events, at most `AUDIOCHAT_RESUME_BUFFER_BYTES` (256 MiB). On a shared machine the rate, and with it the
 store, moves by tens of MiB from one minute to the next, so RSS alone has no steady level to judge.
 
+The core's conversation store is the other one: each conversation's config, history and last answer for
+`AUDIOCHAT_CONVERSATION_TTL_SECONDS` (an hour), at most `AUDIOCHAT_MAX_STORED_CONVERSATION_BYTES` (256 MiB);
+in a ten-minute soak it only fills (`audiochat_conversation_store_bytes` on the core's /metrics).
+
 Flat, as the soak defines it: over the second half of the run (the first half lets caches fill to their
-steady state), the least-squares slope of the live bytes outside the resume store (glibc malloc's bytes in
-use plus Python's small-object allocator's, minus what the store holds; from the memory reports) is below
+steady state), the least-squares slope of the live bytes outside the two stores (glibc malloc's bytes in
+use plus Python's small-object allocator's, minus what the stores hold; from the memory reports) is below
 `FLAT_MIB_PER_MINUTE`: less than 5 MiB over the last five minutes of a ten-minute run. Live bytes, not
 RSS: when the load falls and the store shrinks, malloc keeps the freed memory for reuse (its free bytes
 rise as much), so RSS minus the store rises then without anything being held. Without memory reports the
@@ -65,6 +69,7 @@ class MemoryWatch:
     pid: int
     every: float = 10.0
     metrics_url: str | None = None  # the edge's /metrics: what the SSE resume store holds
+    core_metrics_url: str | None = None  # the core's /metrics: what the conversation store holds
     report_path: Path | None = None  # the gateway's AUDIOCHAT_MEMORY_REPORT, to ask for reports
     report_every: float = 60.0
     keep_reports: Path | None = None  # a directory to copy each full report into
@@ -80,6 +85,8 @@ class MemoryWatch:
             sample: dict[str, Any] = {"seconds": round(seconds, 1), "rss_mib": round(rss_mib(self.pid), 1)}
             if self.metrics_url is not None:
                 sample.update(await resume_store(self.metrics_url))
+            if self.core_metrics_url is not None:
+                sample.update(await resume_store(self.core_metrics_url))
             if self.report_path is not None and seconds >= next_report:
                 next_report += self.report_every
                 report = await self._report()
@@ -109,7 +116,7 @@ class MemoryWatch:
         """The memory part of the soak's report."""
         half = duration / 2
         late = [s for s in self.samples if s["seconds"] >= half]
-        outside = [(s["seconds"], s["rss_mib"] - s.get("resume_store_mib", 0.0)) for s in late]
+        outside = [(s["seconds"], s["rss_mib"] - stores_mib(s)) for s in late]
         live = [(s["seconds"], live_outside_store(s)) for s in late if "malloc_in_use_mib" in s]
         measure, points = ("live", live) if len(live) >= 2 else ("rss", outside)
         slope = slope_per_minute(points)
@@ -120,20 +127,22 @@ class MemoryWatch:
         figures: dict[str, Any] = {
             "rss_mib_every_minute": [s["rss_mib"] for s in minutes],
             "resume_store_mib_every_minute": [s.get("resume_store_mib") for s in minutes],
+            "conversation_store_mib_every_minute": [s.get("conversation_store_mib") for s in minutes],
             "live_outside_store_mib_every_report": [
                 live_outside_store(s) for s in self.samples if "malloc_in_use_mib" in s
             ],
             "rss_mib_after_warm_up": late[0]["rss_mib"] if late else None,
             "rss_mib_end": self.samples[-1]["rss_mib"] if self.samples else None,
-            "rss_minus_resume_store_slope_mib_per_minute": round(slope_per_minute(outside), 2),
+            "rss_minus_stores_slope_mib_per_minute": round(slope_per_minute(outside), 2),
             f"{measure}_outside_store_slope_mib_per_minute": round(slope, 2),
             "flat": slope < FLAT_MIB_PER_MINUTE if len(points) >= 2 else None,
-            "flat_means": f"{measure} bytes outside the resume store: slope < {FLAT_MIB_PER_MINUTE:g} MiB/min"
+            "flat_means": f"{measure} bytes outside the two stores: slope < {FLAT_MIB_PER_MINUTE:g} MiB/min"
             " over the second half",
         }
         for key in (
             "rss_mib",
             "resume_store_mib",
+            "conversation_store_mib",
             "malloc_in_use_mib",
             "malloc_free_mib",
             "pymalloc_arenas",
@@ -149,9 +158,15 @@ class MemoryWatch:
 
 
 def live_outside_store(sample: dict[str, Any]) -> float:
-    """MiB in use by malloc and by Python's small-object allocator, minus what the resume store holds."""
+    """MiB in use by malloc and by Python's small-object allocator, minus what the two bounded caches hold
+    (the edge's SSE resume store and the core's conversation store)."""
     live = float(sample["malloc_in_use_mib"]) + float(sample.get("pymalloc_in_use_mib", 0.0))
-    return round(live - float(sample.get("resume_store_mib", 0.0)), 1)
+    return round(live - stores_mib(sample), 1)
+
+
+def stores_mib(sample: dict[str, Any]) -> float:
+    """MiB the SSE resume store and the conversation store hold in one sample."""
+    return float(sample.get("resume_store_mib", 0.0)) + float(sample.get("conversation_store_mib", 0.0))
 
 
 async def resume_store(metrics_url: str) -> dict[str, Any]:
@@ -171,6 +186,10 @@ async def resume_store(metrics_url: str) -> dict[str, Any]:
         out["resume_store_mib"] = round(values["audiochat_sse_resume_buffer_bytes"] / MIB, 1)
     if "audiochat_sse_resume_turns" in values:
         out["resume_store_turns"] = int(values["audiochat_sse_resume_turns"])
+    if "audiochat_conversation_store_bytes" in values:
+        out["conversation_store_mib"] = round(values["audiochat_conversation_store_bytes"] / MIB, 1)
+    if "audiochat_conversation_store_conversations" in values:
+        out["conversation_store_conversations"] = int(values["audiochat_conversation_store_conversations"])
     return out
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
 from service.errors import UnknownConversation
+from service.server import conversation_store
+from service.settings import Settings
 from service.state.conversations import MemoryConversationStore
 
 ANSWER = [bytes(10_000)] * 10  # one turn's events: 100 kB
@@ -51,3 +54,13 @@ async def test_a_new_turn_lets_the_previous_turns_events_go() -> None:
     assert await store.open_turn("c", 1, "turn-2")
     await store.append("c", "turn-2", 1, ANSWER[:1])
     assert store.bytes == held - sum(map(len, ANSWER)) + len(ANSWER[0])
+
+
+async def test_the_core_exports_what_its_store_holds() -> None:
+    store = conversation_store(Settings(max_stored_conversation_bytes=1_000_000))
+    assert isinstance(store, MemoryConversationStore)
+    for n in range(3):
+        await converse(store, f"g{n}")
+    assert REGISTRY.get_sample_value("audiochat_conversation_store_conversations") == 3
+    held = REGISTRY.get_sample_value("audiochat_conversation_store_bytes")
+    assert held == store.bytes and held >= 3 * sum(map(len, ANSWER))

@@ -129,6 +129,10 @@ class MemoryConversationStore:
         self.bytes = 0
         self._records: OrderedDict[str, _Record] = OrderedDict()
 
+    def __len__(self) -> int:
+        """Conversations held now (expired ones included until the next change lets them go)."""
+        return len(self._records)
+
     def _get(self, conversation_id: str) -> _Record | None:
         record = self._records.get(conversation_id)
         if record is not None and record.expires_at <= time.monotonic():
