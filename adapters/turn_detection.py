@@ -11,12 +11,19 @@ from typing import Any, Final
 from adapters.turn_request import RequestError
 from audiochat.v1 import audiochat_pb2 as pb
 
-TYPES: Final = {"manual": pb.TURN_DETECTION_TYPE_MANUAL, "server_vad": pb.TURN_DETECTION_TYPE_SERVER_VAD}
+TYPES: Final = {
+    "manual": pb.TURN_DETECTION_TYPE_MANUAL,
+    "server_vad": pb.TURN_DETECTION_TYPE_SERVER_VAD,
+    # The Realtime upstream's own detection (service.upstream_vad); refused on Chat Completions.
+    "upstream_server_vad": pb.TURN_DETECTION_TYPE_UPSTREAM_SERVER_VAD,
+    "upstream_semantic_vad": pb.TURN_DETECTION_TYPE_UPSTREAM_SEMANTIC_VAD,
+}
 _MS_FIELDS: Final = ("prefix_padding_ms", "silence_duration_ms", "min_speech_duration_ms", "echo_guard_ms")
 
 
 def turn_detection(value: Any) -> pb.TurnDetection | None:
-    """{"type": "manual" | "server_vad", "threshold"?, "prefix_padding_ms"?, ...}; None when absent."""
+    """{"type": "manual" | "server_vad" | "upstream_server_vad" | "upstream_semantic_vad", "threshold"?,
+    "prefix_padding_ms"?, ...}; None when absent."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -26,7 +33,10 @@ def turn_detection(value: Any) -> pb.TurnDetection | None:
         raise RequestError(f"unknown field 'turn_detection.{unknown[0]}'")
     kind = value.get("type", "manual")
     if kind not in TYPES:
-        raise RequestError('\'turn_detection.type\' must be "manual" or "server_vad"')
+        raise RequestError(
+            '\'turn_detection.type\' must be "manual", "server_vad", "upstream_server_vad"'
+            ' or "upstream_semantic_vad"'
+        )
     detection = pb.TurnDetection(type=TYPES[kind])
     threshold = value.get("threshold")
     if threshold is not None:

@@ -50,6 +50,7 @@ from service.errors import (
 )
 from service.hands_free import HandsFree, vad_settings
 from service.normalizer import SAMPLE_RATE_HZ
+from service.realtime_session import RealtimeConversation
 from service.tool_input import CalledTool, PendingCalls, ToolEntry
 from service.turn import Turn
 from service.turn_input import (
@@ -67,7 +68,14 @@ from service.turn_input import (
     user_entry_off_loop,
 )
 from service.upstream import Upstream
-from service.upstream_routing import end_conversation, for_conversation, truncate_heard
+from service.upstream_request import build_params
+from service.upstream_routing import end_conversation, for_conversation, resolve, truncate_heard
+from service.upstream_vad import (
+    DEFAULT_PREFIX_PADDING_MS,
+    FeedUpstream,
+    UpstreamEvent,
+    upstream_turn_detection,
+)
 from service.vad.listener import Utterance
 from service.vad.segmenter import SpeechStarted
 
@@ -162,6 +170,10 @@ class Conversation:
         )
         self.outbox = Outbox()
         self._shared_upstream = upstream
+        # The upstream's own turn detection (service.upstream_vad): checked before a session opens.
+        self._upstream_detection = upstream_turn_detection(config.turn_detection)
+        if self._upstream_detection is not None:
+            _check_upstream_detection(upstream, self.settings.model, bool(self.settings.tools))
         # The Realtime API gets one session per conversation (opened now, closed with the call).
         self._upstream = for_conversation(upstream, self.settings.model)
         self._limits = limits
@@ -177,8 +189,17 @@ class Conversation:
         self._draining = False
         self._pending = PendingCalls()
         self._on_barge_in = on_barge_in
-        vad = vad_settings(config.turn_detection)
+        vad = vad_settings(config.turn_detection) if self._upstream_detection is None else None
         self._hands_free = HandsFree(vad, limits) if vad is not None else None
+        self._listening = False  # upstream detection: the session listens (after the first audio chunk)
+        self._upstream_lock = asyncio.Lock()  # the client's messages and the session's events, one at a time
+        # The input audio sent upstream since the last speech (at most max_turn_audio_bytes), from byte
+        # `_heard_from` of the session's input: the gateway's copy of each utterance, for its history.
+        self._heard = bytearray()
+        self._heard_from = 0
+        self._speech_start_ms = 0
+        self._spoken: UserEntry | None = None
+        self._speech_stopped_at: float | None = None
         # After a barge-in by voice: (history index, transcript, audio ms) of the answer whose heard part
         # is the service's estimate, until the client's Interrupt says how much it really played.
         self._estimated: tuple[int, str, int] | None = None
@@ -215,6 +236,26 @@ class Conversation:
 
     async def handle(self, request: pb.ConverseRequest) -> None:
         """Apply one client message."""
+        if self._upstream_detection is None:
+            await self._handle(request)
+            return
+        kind = request.WhichOneof("request")
+        if kind in ("text", "commit", "tool_result"):
+            raise WrongState(
+                f"{kind} is not accepted while the upstream detects turns"
+                " (config.turn_detection.type upstream_server_vad or upstream_semantic_vad)"
+            )
+        async with self._upstream_lock:
+            if kind == "audio":
+                await self._append(request.audio)
+            elif kind == "clear_audio":
+                await self._session().clear_input()
+                self._heard_from += len(self._heard)
+                self._heard.clear()
+            else:
+                await self._handle(request)
+
+    async def _handle(self, request: pb.ConverseRequest) -> None:
         kind = request.WhichOneof("request")
         if kind == "audio":
             if self._hands_free is not None:
@@ -318,6 +359,72 @@ class Conversation:
             # The audio came in real time: the speaker stopped this long before the silence was judged.
             self._turn.speech_ended_at = now - (utterance.received_ms - utterance.audio_end_ms) / 1000
 
+    def _session(self) -> RealtimeConversation:
+        assert isinstance(self._upstream, RealtimeConversation)
+        return self._upstream
+
+    async def _append(self, chunk: pb.AudioChunk) -> None:
+        """Upstream detection: a chunk of 24 kHz pcm16 goes to the session's input buffer."""
+        assert self._upstream_detection is not None
+        if chunk.HasField("format"):
+            _check_upstream_format(chunk.format)
+        elif not self._listening:
+            raise InvalidInput("the first audio chunk of a conversation needs its format", "audio.format")
+        session = self._session()
+        if not self._listening:
+            params = build_params(
+                self.settings, self.history, UserEntry("", None), now=time.time(), use_audio_ids=False
+            )
+            await session.listen(params, self._upstream_detection, self._upstream_heard)
+            self._listening = True
+        self._heard += chunk.data
+        excess = len(self._heard) - self._limits.max_turn_audio_bytes
+        if excess > 0:
+            del self._heard[:excess]
+            self._heard_from += excess
+        await session.append(chunk.data)
+
+    async def _upstream_heard(self, event: UpstreamEvent) -> None:
+        """An event of the session that detects turns (its reader's task calls this)."""
+        if isinstance(event, TurnFailed):
+            self.outbox.put_now(event)  # the session is gone, and what it heard with it: the call ends
+            return
+        try:
+            async with self._upstream_lock:
+                now = time.perf_counter()
+                if isinstance(event, pb.SpeechStarted):
+                    self._speech_start_ms = event.audio_start_ms
+                    await self.outbox.put((pb.ConverseResponse(speech_started=event), None, now))
+                    await self._barge_in()  # the upstream cancels its answer itself (interrupt_response)
+                elif isinstance(event, pb.SpeechStopped):
+                    await self.outbox.put((pb.ConverseResponse(speech_stopped=event), None, now))
+                    self._spoken = await self._utterance(event.audio_end_ms)
+                    self._speech_stopped_at = now
+                else:
+                    user, self._spoken = self._spoken or UserEntry("", None), None
+                    upstream = FeedUpstream(event, self._session().response_finished)
+                    await self._start(user, "upstream_vad", upstream)
+                    if self._turn is not None:
+                        self._turn.speech_ended_at, self._speech_stopped_at = self._speech_stopped_at, None
+        except (InvalidInput, ShuttingDown) as exc:
+            self.outbox.put_now(exc)
+
+    async def _utterance(self, audio_end_ms: int) -> UserEntry | None:
+        """The gateway's copy of the speech the upstream committed (with its prefix padding), for the
+        history; None when it is no longer held."""
+        assert self._upstream_detection is not None
+        padding = int(self._upstream_detection.get("prefix_padding_ms", DEFAULT_PREFIX_PADDING_MS))
+        start = max(0, self._speech_start_ms - padding) * _PCM_BYTES_PER_MS - self._heard_from
+        end = audio_end_ms * _PCM_BYTES_PER_MS - self._heard_from
+        pcm = bytes(self._heard[max(0, start) : max(0, end)])
+        dropped = min(max(0, end), len(self._heard))  # what came before the end of this speech
+        del self._heard[:dropped]
+        self._heard_from += dropped
+        if not pcm:
+            return None
+        message = pb.UserMessage(audio=pb.AudioInput(data=pcm, format=OUTPUT_PCM16))
+        return await user_entry_off_loop(message, self._limits, required=False)
+
     async def _barge_in(self) -> None:
         """Confirmed speech while an answer streams or plays: stop it, keep the part likely heard."""
         turn = self._turn
@@ -373,14 +480,14 @@ class Conversation:
             self._last_answer = None
         self._pending.clear()
 
-    async def _start(self, user: UserEntry, mode: str) -> None:
+    async def _start(self, user: UserEntry, mode: str, upstream: Upstream | None = None) -> None:
         if self._draining:
             raise ShuttingDown("the server is shutting down; reconnect to continue the conversation")
         await self._stop_turn(played_ms=None)
         self._cancel_tool_calls()
         self._estimated = None
         turn = Turn(
-            upstream=self._upstream,
+            upstream=upstream or self._upstream,
             settings=self.settings,
             history=tuple(self.history),
             user=user,
@@ -652,6 +759,36 @@ class Conversation:
         if self._turn is not None and self._journal is not None:
             await self._cut(self._turn, CUT_CALL_ENDED)
         await end_conversation(self._upstream, self._shared_upstream)
+
+
+_PCM_BYTES_PER_MS = 48  # 24 kHz mono pcm16, the Realtime API's input
+
+
+def _check_upstream_detection(upstream: Upstream, model: str, tools: bool) -> None:
+    """Upstream turn detection needs the Realtime API behind `model`, and no tools (their results are
+    turns the gateway would have to start on the upstream's session: not built)."""
+    if getattr(resolve(upstream, model), "conversation", None) is None:
+        raise InvalidInput(
+            f"turn_detection.type upstream_server_vad and upstream_semantic_vad need the Realtime upstream;"
+            f" model {model!r} is answered by Chat Completions (use server_vad)",
+            "config.turn_detection.type",
+        )
+    if tools:
+        raise InvalidInput("tools are not supported with upstream turn detection yet", "config.turn.tools")
+
+
+def _check_upstream_format(audio_format: pb.AudioFormat) -> None:
+    if audio_format.encoding != pb.AUDIO_ENCODING_PCM16:
+        raise InvalidInput(
+            "upstream turn detection needs pcm16 audio chunks (format.encoding)", "audio.format.encoding"
+        )
+    if audio_format.sample_rate_hz != OUTPUT_PCM16.sample_rate_hz:
+        raise InvalidInput(
+            "upstream turn detection needs 24000 Hz audio (the Realtime API's input rate)",
+            "audio.format.sample_rate_hz",
+        )
+    if audio_format.channels not in (0, 1):
+        raise InvalidInput("pcm16 audio must be mono", "audio.format.channels")
 
 
 def overloaded_failure(exc: Overloaded) -> UpstreamFailure:

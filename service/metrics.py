@@ -134,7 +134,8 @@ CONVERSATION_RESUMES = Counter(
 # Hands-free (server VAD): how turns are committed, voice barge-ins, and the wait after speaking.
 TURN_COMMITS = Counter(
     "audiochat_turn_commits_total",
-    "Turns sent to the model, by how they were committed: text, manual (Commit), server_vad or tool_result.",
+    "Turns sent to the model, by how they were committed: text, manual (Commit), server_vad, upstream_vad"
+    " (the Realtime upstream's own detection) or tool_result.",
     ["mode"],
 )
 BARGE_INS = Counter(

@@ -41,7 +41,8 @@ def interrupted_after_end(meter: TransportMetrics, played_ms: int) -> None:
 
 
 def turn_committed(mode: str) -> None:
-    """A turn went to the model: `text`, `manual` (Commit), `server_vad` (end of speech) or `tool_result`."""
+    """A turn went to the model: `text`, `manual` (Commit), `server_vad` (end of speech), `upstream_vad`
+    (the Realtime upstream's own detection started an answer) or `tool_result`."""
     metrics.TURN_COMMITS.labels(mode).inc()
 
 

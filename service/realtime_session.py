@@ -17,12 +17,13 @@ the listener heard, `truncate(played_ms)` cuts the answer's audio item there
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import itertools
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -41,6 +42,7 @@ from service.realtime_upstream import (
     send_items,
     send_session,
 )
+from service.upstream_vad import ResponseFeed, SessionListener, UpstreamEvent
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class RealtimeConversation:
         self._lock = asyncio.Lock()
         self._events = itertools.count(1)
         self._truncates: deque[str] = deque(maxlen=16)  # ids of the latest truncate events
+        self._listener: SessionListener | None = None  # the upstream detects turns (service.upstream_vad)
         self.sessions_opened = 0
 
     def start(self) -> None:
@@ -116,6 +119,9 @@ class RealtimeConversation:
         """Forget the session: the next turn opens a new one and replays the history."""
         connection, self._connection = self._connection, None
         self._held, self._session, self._answer_item = [], None, ""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
         if connection is not None:
             await close_quietly(connection)
 
@@ -198,6 +204,69 @@ class RealtimeConversation:
             return
         calls = ",".join(translator.call_ids())
         self._held.append(f"{_ASSISTANT}:{calls}")
+
+    async def listen(
+        self,
+        params: Mapping[str, Any],
+        turn_detection: Mapping[str, Any],
+        on_event: Callable[[UpstreamEvent], Awaitable[None]],
+    ) -> None:
+        """Hand turn detection to the upstream (service.upstream_vad): `session.update` with
+        `audio.input.turn_detection`, the history as items, then every server event of the session goes
+        to `on_event`. `params` is the Chat Completions request of the conversation so far.
+
+        Raises TurnFailed if the session cannot be opened or the socket closes meanwhile.
+        """
+        async with self._lock:
+            every = list(params.get("messages") or [])
+            messages = _history(every)
+            session, _ = await self._upstream.prepare(
+                {**params, "messages": every[: len(every) - len(messages)]}
+            )
+            session["audio"]["input"]["turn_detection"] = dict(turn_detection)
+            connection, _ = await self._socket()
+            try:
+                await send_session(connection, session)
+                if messages:
+                    _, items = await self._upstream.prepare({"messages": messages})
+                    await send_items(connection, items)
+            except (WebSocketException, OSError, openai.OpenAIError) as exc:
+                await self._reset()
+                raise closed_failure(exc) from exc
+            self._session = session
+            self._listener = SessionListener(connection, self._upstream.deadlines, on_event)
+
+    async def append(self, pcm16: bytes) -> None:
+        """More of the user's 24 kHz pcm16 for the upstream's input buffer (after `listen`); waits while
+        the socket's send buffer is full. Raises TurnFailed if the session is gone."""
+        connection = self._connection
+        if connection is None:
+            raise closed_failure()
+        step = APPEND_B64_CHARS * 3 // 4
+        try:
+            for start in range(0, len(pcm16), step):
+                audio = base64.b64encode(pcm16[start : start + step]).decode("ascii")
+                await connection.send({"type": "input_audio_buffer.append", "audio": audio})
+        except (WebSocketException, OSError, openai.OpenAIError) as exc:
+            raise closed_failure(exc) from exc
+
+    async def clear_input(self) -> None:
+        """Drop what the upstream's input buffer holds (`input_audio_buffer.clear`)."""
+        if self._connection is not None:
+            with suppress(TimeoutError, WebSocketException, OSError, openai.OpenAIError):
+                async with asyncio.timeout(CLOSE_SECONDS):
+                    await self._connection.send({"type": "input_audio_buffer.clear"})
+
+    async def response_finished(self, feed: ResponseFeed) -> None:
+        """An upstream-started answer's turn ended: stop the answer if it still runs (an Interrupt),
+        and remember its audio item for `truncate`."""
+        feed.close()
+        self._answer_item = feed.translator.audio_item_id
+        self._answer_ms = feed.translator.audio_bytes * 1000 // (2 * 24_000)
+        if not feed.saw_done and self._connection is not None:
+            with suppress(TimeoutError, WebSocketException, OSError, openai.OpenAIError):
+                async with asyncio.timeout(CLOSE_SECONDS):
+                    await self._connection.send({"type": "response.cancel"})
 
     async def truncate(self, audio_end_ms: int) -> None:
         """The listener heard `audio_end_ms` of the last answer: cut its audio item there."""

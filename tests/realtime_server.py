@@ -16,6 +16,12 @@ The `model` query parameter (what `realtime.connect(model=...)` sends) picks the
 - `drop/NAME`: the first half of the capture, then the TCP connection drops without a close frame;
 - `status/CODE/ERROR_CODE`: the WebSocket handshake is refused with that HTTP status and an OpenAI error;
 - `ratelimits/NAME`: `rate_limits.updated` (requests 99, tokens 9000 remaining) before the capture.
+A session whose `session.update` set `audio.input.turn_detection` detects turns itself, as the API does with
+`create_response` and `interrupt_response`: appended audio is cut in 20 ms frames, a frame with a sample
+louder than VOICED_LEVEL is speech; `input_audio_buffer.speech_started` at the first such frame,
+`speech_stopped` after `silence_duration_ms` (default 500) of quiet frames, then `committed` and an answer
+as for `response.create`. Speech while an answer runs cancels it (`response.done` `cancelled`,
+`turn_detected`).
 Every client event is recorded per session, and so are the sessions the client closed.
 """
 
@@ -41,6 +47,8 @@ from service.realtime_mapping import usage_to_realtime
 from tests.upstream_server import FIXTURES
 
 SLOW_EVENT_SECONDS = 0.05
+VOICED_LEVEL = 500  # a sample louder than this makes a 20 ms frame speech (the test server's "VAD")
+FRAME_BYTES = 24 * 20 * 2  # 20 ms of 24 kHz pcm16
 STALL_SECONDS = 5.0
 _ids = itertools.count(1)
 
@@ -164,6 +172,11 @@ class Session:
     replied: list[dict[str, Any]] = field(default_factory=list)  # the answers' events the server sent
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     answering: asyncio.Task[None] | None = None
+    turn_detection: dict[str, Any] | None = None  # the session's, once a session.update set it
+    input_bytes: int = 0  # bytes of input audio judged so far (frames), for audio_start_ms / audio_end_ms
+    pending: bytearray = field(default_factory=bytearray)  # less than a frame, waiting for the rest
+    speech_item: str = ""  # the item of the speech under way ("" when nobody speaks)
+    quiet_ms: int = 0  # quiet milliseconds since the last speech frame
 
     def sent(self, kind: str) -> list[dict[str, Any]]:
         """The client events of one type, in order."""
@@ -238,7 +251,13 @@ class RealtimeServer:
     async def _handle(self, connection: ServerConnection, session: Session, event: Mapping[str, Any]) -> None:
         kind = event.get("type")
         if kind == "session.update":
+            audio_input = ((event.get("session") or {}).get("audio") or {}).get("input") or {}
+            if "turn_detection" in audio_input:
+                session.turn_detection = audio_input["turn_detection"]
             await _send(connection, {"type": "session.updated", "session": event.get("session")})
+        elif kind == "input_audio_buffer.append" and session.turn_detection:
+            session.pending += base64.b64decode(event["audio"])
+            await self._detect(connection, session)
         elif kind == "conversation.item.create":
             await _send(
                 connection,
@@ -257,19 +276,7 @@ class RealtimeServer:
         elif kind == "response.create":
             session.answering = asyncio.create_task(self._answer(connection, session))
         elif kind == "response.cancel":
-            task = session.answering
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                done = {
-                    "object": "realtime.response",
-                    "id": "resp_cancelled",
-                    "status": "cancelled",
-                    "status_details": {"type": "cancelled", "reason": "client_cancelled"},
-                    "output": [],
-                }
-                await _send(connection, {"type": "response.done", "response": done})
+            await _cancel(connection, session, "client_cancelled")
         elif kind == "conversation.item.truncate":
             await _send(
                 connection,
@@ -280,6 +287,34 @@ class RealtimeServer:
                     "audio_end_ms": event["audio_end_ms"],
                 },
             )
+
+    async def _detect(self, connection: ServerConnection, session: Session) -> None:
+        """Turn detection on the frames appended so far (the session's turn_detection is set)."""
+        assert session.turn_detection is not None
+        silence_ms = int(session.turn_detection.get("silence_duration_ms") or 500)
+        while len(session.pending) >= FRAME_BYTES:
+            frame = bytes(session.pending[:FRAME_BYTES])
+            del session.pending[:FRAME_BYTES]
+            at_ms = session.input_bytes // 48
+            session.input_bytes += FRAME_BYTES
+            loud = max(abs(sample) for sample in memoryview(frame).cast("h")) > VOICED_LEVEL
+            if loud and not session.speech_item:
+                session.speech_item = _id("item")
+                await _cancel(connection, session, "turn_detected")  # interrupt_response
+                started = {"audio_start_ms": at_ms, "item_id": session.speech_item}
+                await _send(connection, {"type": "input_audio_buffer.speech_started", **started})
+            if loud:
+                session.quiet_ms = 0
+            elif session.speech_item:
+                session.quiet_ms += 20
+                if session.quiet_ms >= silence_ms:
+                    item_id, session.speech_item = session.speech_item, ""
+                    stopped = {"audio_end_ms": at_ms + 20, "item_id": item_id}
+                    await _send(connection, {"type": "input_audio_buffer.speech_stopped", **stopped})
+                    committed = {"previous_item_id": None, "item_id": item_id}
+                    await _send(connection, {"type": "input_audio_buffer.committed", **committed})
+                    if session.turn_detection.get("create_response"):
+                        session.answering = asyncio.create_task(self._answer(connection, session))
 
     async def _answer(self, connection: ServerConnection, session: Session) -> None:
         parts = session.model.split("/")
@@ -371,6 +406,24 @@ class RealtimeServer:
             }
             await _send(connection, {"type": "error", "error": error})
             await connection.close(1000, "session expired")
+
+
+async def _cancel(connection: ServerConnection, session: Session, reason: str) -> None:
+    """Stop the running answer, if any, with `response.done` `cancelled` for `reason`."""
+    task = session.answering
+    if task is None or task.done():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    done = {
+        "object": "realtime.response",
+        "id": "resp_cancelled",
+        "status": "cancelled",
+        "status_details": {"type": "cancelled", "reason": reason},
+        "output": [],
+    }
+    await _send(connection, {"type": "response.done", "response": done})
 
 
 async def _send(connection: ServerConnection, event: dict[str, Any]) -> None:

@@ -255,6 +255,19 @@ class _TurnDetectionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tur
     """The service detects speech in the streamed audio (Silero VAD), sends SpeechStarted and SpeechStopped,
     commits each utterance by itself and answers it; speech during an answer interrupts it (barge-in).
     """
+    TURN_DETECTION_TYPE_UPSTREAM_SERVER_VAD: _TurnDetectionType.ValueType  # 3
+    """Realtime upstream only (refused INVALID_ARGUMENT on Chat Completions): the upstream's own server_vad
+    decides. Audio chunks (pcm16, 24000 Hz, mono) go to its input buffer as they arrive; its
+    speech_started/speech_stopped become SpeechStarted/SpeechStopped, it commits and answers by itself
+    (each answer a turn), and speech during an answer interrupts it there. threshold,
+    prefix_padding_ms and silence_duration_ms are sent as the Realtime API's fields (its defaults when
+    unset); min_speech_duration_ms and echo_guard_ms are refused. Text, Commit and tool results are
+    refused (FAILED_PRECONDITION) in this mode.
+    """
+    TURN_DETECTION_TYPE_UPSTREAM_SEMANTIC_VAD: _TurnDetectionType.ValueType  # 4
+    """Realtime upstream only: the upstream's semantic_vad (the model judges when the user is done), as
+    UPSTREAM_SERVER_VAD otherwise; takes none of the tuning fields.
+    """
 
 class TurnDetectionType(_TurnDetectionType, metaclass=_TurnDetectionTypeEnumTypeWrapper):
     """TurnDetectionType names who decides that the user's spoken turn is over (the Realtime API's names)."""
@@ -266,6 +279,19 @@ TURN_DETECTION_TYPE_MANUAL: TurnDetectionType.ValueType  # 1
 TURN_DETECTION_TYPE_SERVER_VAD: TurnDetectionType.ValueType  # 2
 """The service detects speech in the streamed audio (Silero VAD), sends SpeechStarted and SpeechStopped,
 commits each utterance by itself and answers it; speech during an answer interrupts it (barge-in).
+"""
+TURN_DETECTION_TYPE_UPSTREAM_SERVER_VAD: TurnDetectionType.ValueType  # 3
+"""Realtime upstream only (refused INVALID_ARGUMENT on Chat Completions): the upstream's own server_vad
+decides. Audio chunks (pcm16, 24000 Hz, mono) go to its input buffer as they arrive; its
+speech_started/speech_stopped become SpeechStarted/SpeechStopped, it commits and answers by itself
+(each answer a turn), and speech during an answer interrupts it there. threshold,
+prefix_padding_ms and silence_duration_ms are sent as the Realtime API's fields (its defaults when
+unset); min_speech_duration_ms and echo_guard_ms are refused. Text, Commit and tool results are
+refused (FAILED_PRECONDITION) in this mode.
+"""
+TURN_DETECTION_TYPE_UPSTREAM_SEMANTIC_VAD: TurnDetectionType.ValueType  # 4
+"""Realtime upstream only: the upstream's semantic_vad (the model judges when the user is done), as
+UPSTREAM_SERVER_VAD otherwise; takes none of the tuning fields.
 """
 Global___TurnDetectionType: _TypeAlias = TurnDetectionType  # noqa: Y015
 
