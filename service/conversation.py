@@ -39,6 +39,7 @@ from service.conversation_resume import (
     wait_saved,
 )
 from service.errors import (
+    AudioChatError,
     InvalidInput,
     Overloaded,
     ShuttingDown,
@@ -382,12 +383,21 @@ class Conversation:
         if excess > 0:
             del self._heard[:excess]
             self._heard_from += excess
-        await session.append(chunk.data)
+        try:
+            await session.append(chunk.data)
+        except TurnFailed:
+            # The session closed: its reader ends the call (UNAVAILABLE) once the running turn delivered
+            # its own end; ending it here first would cut that turn's last events.
+            log.info("audio for a closed Realtime session dropped: the call is ending")
 
     async def _upstream_heard(self, event: UpstreamEvent) -> None:
         """An event of the session that detects turns (its reader's task calls this)."""
         if isinstance(event, TurnFailed):
-            self.outbox.put_now(event)  # the session is gone, and what it heard with it: the call ends
+            # The session is gone, and what it heard with it: the call ends, after the running turn
+            # delivered its own end (its feed got the failure first).
+            if self._task is not None:
+                await asyncio.wait([self._task])
+            self.outbox.put_now(event)
             return
         try:
             async with self._upstream_lock:
@@ -406,7 +416,7 @@ class Conversation:
                     await self._start(user, "upstream_vad", upstream)
                     if self._turn is not None:
                         self._turn.speech_ended_at, self._speech_stopped_at = self._speech_stopped_at, None
-        except (InvalidInput, ShuttingDown) as exc:
+        except AudioChatError as exc:  # shutting down, a store failure...: the call ends with it
             self.outbox.put_now(exc)
 
     async def _utterance(self, audio_end_ms: int) -> UserEntry | None:

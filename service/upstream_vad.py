@@ -27,7 +27,7 @@ from openai.resources.realtime.realtime import AsyncRealtimeConnection
 from websockets.exceptions import ConnectionClosed
 
 from audiochat.v1 import audiochat_pb2 as pb
-from service.errors import InvalidInput, TurnFailed
+from service.errors import InvalidInput, TurnFailed, UpstreamFailure
 from service.hands_free import MAX_SETTING_MS, MIN_SILENCE_MS, _ms
 from service.realtime_mapping import EventTranslator
 from service.realtime_upstream import closed_failure, deadline_failure, rate_limits_updated
@@ -190,10 +190,16 @@ class SessionListener:
                     continue
                 await self._dispatch(event)
         except ConnectionClosed as exc:
-            failure = closed_failure(exc)
-            if self._feed is not None:
-                await self._feed.put(failure)
-            await self._on_event(failure)
+            await self._fail(closed_failure(exc))
+        except Exception:  # a bug here must end the call, not leave it waiting for events forever
+            log.exception("the Realtime session reader failed")
+            message = "the Realtime session's reader failed; the gateway logged the details"
+            await self._fail(TurnFailed(UpstreamFailure(pb.ERROR_CODE_INTERNAL, message, True)))
+
+    async def _fail(self, failure: TurnFailed) -> None:
+        if self._feed is not None:
+            await self._feed.put(failure)
+        await self._on_event(failure)
 
     async def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

@@ -249,3 +249,49 @@ async def test_refused_on_chat_completions_over_the_websocket(running: Running) 
         assert "turn_detection.type" in frame
     finally:
         await chat.stop()
+
+
+async def test_a_resumed_conversation_gets_a_new_session_with_its_history(running: Running) -> None:
+    both = running.both
+    call = both.realtime.Converse()
+    await call.write(upstream_vad("fixture/text_only", silence_duration_ms=200))
+    conversation_id = (await call.read()).started.conversation_id
+    speech = utterance("Tell me about dogs.")
+    await send_speech(call, speech + silence(300))
+    _, _, first = await read_until_completed(call)
+    first_session = both.realtime_server.last
+    call.cancel()
+    again = both.realtime.Converse()
+    last = first.events[-1]
+    resume = pb.ConverseResume(conversation_id=conversation_id, turn_id=last.turn_id, sequence=last.sequence)
+    await again.write(pb.ConverseRequest(resume=resume))
+    assert (await again.read()).started.resumed
+    await send_speech(again, speech + silence(300))
+    kinds, _, second = await read_until_completed(again)
+    assert kinds[:3] == ["speech_started", "speech_stopped", "event"]
+    assert second.completed is not None and second.completed.reason == pb.FINISH_REASON_STOP
+    session = both.realtime_server.last
+    assert session is not first_session
+    assert session.turn_detection is not None and session.turn_detection["silence_duration_ms"] == 200
+    # The history the gateway kept: the first speech (as audio) and the first answer (as text).
+    user, answer = (event["item"] for event in session.sent("conversation.item.create"))
+    assert user["role"] == "user" and user["content"][0]["type"] == "input_audio"
+    # No audio before the speech here, so no prefix padding: the speech and the silence that ended it.
+    kept = len(base64.b64decode(user["content"][0]["audio"]))
+    assert abs(kept - (len(speech) + 200 * 48)) <= 40 * 48
+    assert answer["role"] == "assistant" and answer["content"][0]["text"] == first.text
+    await again.done_writing()
+
+
+async def test_a_dropped_session_ends_the_turn_and_the_call_unavailable(running: Running) -> None:
+    call = running.both.realtime.Converse()
+    await call.write(upstream_vad("drop/audio_no_finish_reason", silence_duration_ms=200))
+    await call.read()
+    await send_speech(call, utterance("Tell me about dogs.") + silence(300))
+    _, _, turn = await read_until_completed(call)
+    assert turn.completed is not None and turn.completed.reason == pb.FINISH_REASON_ERROR
+    assert turn.completed.error.code == pb.ERROR_CODE_UNAVAILABLE and turn.completed.error.retryable
+    assert turn.audio, "what arrived before the drop is kept"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
