@@ -774,6 +774,7 @@ def test_tuned_values_reach_the_pods(render: Callable[[dict[str, Any]], dict[str
         "AUDIOCHAT_CONVERSATION_ORPHAN_SECONDS": "0",
         "AUDIOCHAT_CONVERSATION_TURN_LOG_BYTES": "2097152",
         "AUDIOCHAT_MAX_STORED_CONVERSATIONS": "500",
+        "AUDIOCHAT_MAX_STORED_CONVERSATION_BYTES": "67108864",
         "EXTRA": "1",
     }
     expected_edge = {

@@ -53,7 +53,7 @@ readinessProbe:
   value: {{ . | int64 | quote }}
 {{- end }}
 {{- $conversations := .values.conversations }}
-{{- range $name, $key := dict "AUDIOCHAT_CONVERSATION_TTL_SECONDS" "ttlSeconds" "AUDIOCHAT_CONVERSATION_ORPHAN_SECONDS" "orphanSeconds" "AUDIOCHAT_CONVERSATION_TURN_LOG_BYTES" "turnLogBytes" "AUDIOCHAT_MAX_STORED_CONVERSATIONS" "maxStored" }}
+{{- range $name, $key := dict "AUDIOCHAT_CONVERSATION_TTL_SECONDS" "ttlSeconds" "AUDIOCHAT_CONVERSATION_ORPHAN_SECONDS" "orphanSeconds" "AUDIOCHAT_CONVERSATION_TURN_LOG_BYTES" "turnLogBytes" "AUDIOCHAT_MAX_STORED_CONVERSATIONS" "maxStored" "AUDIOCHAT_MAX_STORED_CONVERSATION_BYTES" "maxStoredBytes" }}
 {{- $value := index $conversations $key }}
 {{- if not (kindIs "invalid" $value) }}
 - name: {{ $name }}
