@@ -27,9 +27,19 @@ def test_rss_that_rises_with_the_resume_store_is_flat() -> None:
     assert figures["rss_mib_every_minute"][0] == 150.0
 
 
+def test_the_conversation_store_filling_is_subtracted_too() -> None:
+    watch = watch_with([150.0 + 8 * n for n in range(10)], [40.0] * 10)
+    for n, sample in enumerate(watch.samples):  # the core's conversations fill 8 MiB a minute
+        sample["conversation_store_mib"] = 8.0 * n
+    figures = watch.figures(600.0)
+    assert figures["rss_minus_stores_slope_mib_per_minute"] == 0.0
+    assert figures["conversation_store_mib_slope_per_minute_second_half"] == 8.0
+    assert figures["flat"] is True
+
+
 def test_rss_that_rises_beside_a_steady_store_is_not_flat() -> None:
     figures = watch_with([150.0 + 3 * n for n in range(10)], [40.0] * 10).figures(600.0)
-    assert figures["rss_minus_resume_store_slope_mib_per_minute"] == 3.0
+    assert figures["rss_minus_stores_slope_mib_per_minute"] == 3.0
     assert figures["flat"] is False
 
 
@@ -39,7 +49,7 @@ def test_with_memory_reports_live_bytes_judge_not_rss_that_malloc_keeps_after_th
     for sample, held in zip(watch.samples, store, strict=True):
         sample.update(malloc_in_use_mib=60.0 + held, pymalloc_in_use_mib=40.0)
     figures = watch.figures(600.0)
-    assert figures["rss_minus_resume_store_slope_mib_per_minute"] == 10.0
+    assert figures["rss_minus_stores_slope_mib_per_minute"] == 10.0
     assert figures["live_outside_store_slope_mib_per_minute"] == 0.0
     assert figures["flat"] is True
     for sample in watch.samples:
