@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.processes import free_port, sample
+from benchmarks.processes import free_port, sample, wait_ready
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 1024 * 1024
@@ -32,18 +32,6 @@ START_TIMEOUT_SECONDS = 60.0
 # send the cap twice over, so eviction has run and the buffers sit at the cap.
 TURN_BYTES_ESTIMATE = 550 * 1024
 PROMPT = "Tell me a long story about the number {n}, the sea, the wind and the mountains, please."
-
-
-async def wait_ready(client: httpx.AsyncClient) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            if (await client.get("/readyz")).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError("the edge did not become ready")
 
 
 async def fill(client: httpx.AsyncClient, turns: int, concurrency: int) -> int:
@@ -65,7 +53,7 @@ async def fill(client: httpx.AsyncClient, turns: int, concurrency: int) -> int:
 async def load(http_port: int, edge_pid: int, cap_bytes: int, concurrency: int) -> dict[str, Any]:
     """Idle RSS, then enough turns to fill the buffers, then RSS again."""
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=120) as client:
-        await wait_ready(client)
+        await wait_ready(str(client.base_url), START_TIMEOUT_SECONDS)
         idle = sample(edge_pid).rss_bytes
         turns = 2 * cap_bytes // TURN_BYTES_ESTIMATE + 1
         started = time.monotonic()

@@ -6,6 +6,7 @@ of its own beyond what it ships with.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -19,6 +20,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from benchmarks.pieces import Pacing
 from benchmarks.simulator import pacing_argv
@@ -247,3 +250,17 @@ def start_gateway(simulator_port: int, placement: Placement, edge: bool, repo: P
     except BaseException:
         child.stop()
         raise
+
+
+async def wait_ready(http_base: str, timeout_seconds: float = 30.0) -> None:
+    """Poll `http_base`/readyz until it answers 200; RuntimeError after `timeout_seconds`."""
+    async with httpx.AsyncClient(base_url=http_base, timeout=2) as client:
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get("/readyz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{http_base} did not become ready within {timeout_seconds:g} s")

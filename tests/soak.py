@@ -48,6 +48,7 @@ from websockets.asyncio.client import connect
 
 from audiochat.v1 import audiochat_pb2 as pb
 from audiochat.v1 import audiochat_pb2_grpc as pb_grpc
+from benchmarks.processes import wait_ready
 from tests.fault_upstream import FaultUpstream, pattern_pcm, script
 from tests.soak_memory import MemoryWatch, rss_mib
 from tests.upstream_server import fixture_events
@@ -367,18 +368,6 @@ def start_gateway(
     }
     command = [sys.executable, "-m", "service.cli", "serve"]
     return subprocess.Popen(command, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-
-
-async def wait_ready(http_base: str) -> None:
-    async with httpx.AsyncClient(base_url=http_base, timeout=2) as client:
-        for _ in range(300):
-            try:
-                if (await client.get("/readyz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("the gateway did not become ready")
 
 
 def cancel_to_close(
