@@ -32,9 +32,12 @@ CLOSE_WITHIN_SECONDS = 2.0
 
 
 async def backpressured(upstream: FaultUpstream) -> None:
-    """Wait until the upstream's writes stall because nobody reads (buffers full)."""
+    """Wait until the upstream's writes stall because nobody reads (buffers full), or its streams end
+    (then the caller's check that one is still open fails instead of waiting forever)."""
+    while upstream.open_streams == 0 and not upstream.closed_at:  # noqa: ASYNC110 (no event for it)
+        await asyncio.sleep(0.01)
     last = -1
-    while upstream.bytes_sent != last or upstream.open_streams == 0:
+    while upstream.bytes_sent != last and upstream.open_streams:
         last = upstream.bytes_sent
         await asyncio.sleep(0.3)
 
