@@ -25,21 +25,23 @@ from tests.edge_fixtures import RunningEdge, StartEdge
 from tests.events import text_request
 from tests.fault_upstream import FaultUpstream
 
-LONG = "long/600"  # ten minutes of audio: far more than every buffer between the upstream and the client
+# 2000 s of audio (128 MB as upstream SSE, built as it is sent): far more than every buffer between the
+# upstream and the client (loopback TCP buffers autotune to 32 MiB each on CI).
+LONG = "long/2000"
 STALL = "silent/8/audio_no_finish_reason"  # some audio, then silence until the client leaves
 # Generous: the point is that it closes (it stayed open over 70 s), not how fast this machine is.
 CLOSE_WITHIN_SECONDS = 2.0
 
 
 async def backpressured(upstream: FaultUpstream) -> None:
-    """Wait until the upstream's writes stall because nobody reads (buffers full), or its streams end
-    (then the caller's check that one is still open fails instead of waiting forever)."""
+    """Wait until the upstream's writes stall because nobody reads (buffers full), with its stream open."""
     while upstream.open_streams == 0 and not upstream.closed_at:  # noqa: ASYNC110 (no event for it)
         await asyncio.sleep(0.01)
     last = -1
     while upstream.bytes_sent != last and upstream.open_streams:
         last = upstream.bytes_sent
         await asyncio.sleep(0.3)
+    assert upstream.open_streams, "the upstream ran to its end: nothing held it back"
 
 
 async def assert_upstream_closed(upstream: FaultUpstream, service: RunningService, left_at: float) -> None:

@@ -76,7 +76,6 @@ async def test_a_slow_reader_is_bounded_and_back_pressures_the_upstream(
         await anext(reader)
         await backpressured(upstream)
         assert store.bytes <= TURN_CAP + EVENT_SLACK
-        assert upstream.open_streams == 1, "the upstream must be held back, not read to its end"
         assert upstream.bytes_sent < HUGE_SECONDS * 48_000 // 2
 
 

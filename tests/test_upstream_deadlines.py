@@ -18,8 +18,10 @@ from tests.conftest import StartService
 from tests.edge_fixtures import StartEdge
 from tests.events import Collected, text_request
 from tests.fault_upstream import FaultUpstream
+from tests.test_backpressure_cancel import backpressured
 
 STALL = "silent/14/audio_no_finish_reason"  # transcript and some audio, then silence
+PAST_BUFFERS = "long/600"  # 38 MB as upstream SSE: well over the loopback buffers between upstream and client
 
 
 async def collect(call: Any) -> Collected:
@@ -60,9 +62,10 @@ async def test_a_slow_reader_is_not_an_idle_upstream(
 ) -> None:
     # The idle deadline times the upstream's reads only: a pausing client back-pressures, it does not fail.
     service = await start_service(upstream_idle_timeout_seconds=1.0)
-    call = service.stub.StreamTurn(text_request("long/60"))
+    call = service.stub.StreamTurn(text_request(PAST_BUFFERS))
     collected = Collected()
     collected.add(await call.read())
+    await backpressured(upstream)  # the gateway waits on its client, not on the upstream
     await asyncio.sleep(3.0)  # three idle deadlines without reading
     while collected.completed is None:
         collected.add(await call.read())
