@@ -61,8 +61,11 @@ system-packages:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+# Two workers (CI has two cores; most tests wait on sockets, browsers and child processes): about half
+# the wall time of one. A module's tests stay on one worker (--dist loadfile), so module fixtures are shared.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev system-packages lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Load over every transport against a paced simulator, beside a no-logic relay, in one run (about an hour;
 # BENCH_ARGS=--quick for a few minutes). Writes build/bench/ (untracked); method: benchmarks/README.md.
