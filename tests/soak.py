@@ -433,7 +433,8 @@ async def run(options: Options) -> dict[str, Any]:
             extra_env["AUDIOCHAT_MEMORY_REPORT"] = str(report_path)
         gateway = start_gateway(upstream.base_url, grpc_port, http_port, metrics_port, extra_env)
         try:
-            await wait_ready(f"http://127.0.0.1:{http_port}")
+            # A gateway under tracemalloc loads its models several times slower than the usual seconds.
+            await wait_ready(f"http://127.0.0.1:{http_port}", timeout_seconds=180)
             rss_start = rss_mib(gateway.pid)
             cpu_start = cpu_seconds(gateway.pid), time.process_time()
             watch = MemoryWatch(
