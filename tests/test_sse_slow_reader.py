@@ -10,6 +10,8 @@ import asyncio
 import base64
 import json
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -26,6 +28,7 @@ SECONDS = 200  # 9.6 MB of pcm16, 12.8 MB as SSE: over the caps below and the ed
 HUGE_SECONDS = 2000
 TURN_CAP = 256 * 1024
 TOTAL_CAP = 640 * 1024
+Reader = AsyncIterator[bytes]
 EVENT_SLACK = 16 * 1024  # one audio event (100 ms: 6.4 kB of base64) may land past a cap
 
 
@@ -63,33 +66,31 @@ def audio_of(body: bytes) -> tuple[bytes, dict[str, Any]]:
     return bytes(audio), completed
 
 
+@asynccontextmanager
+async def slow_turn(start_edge: StartEdge, seconds: int) -> AsyncIterator[tuple[ResumeStore, Reader, bytes]]:
+    """An SSE turn of `seconds` of audio on a small-capped edge whose client read one piece and stopped:
+    the edge's store, the rest of the body (read it or leave it), and that first piece."""
+    edge = await slow_edge(start_edge)
+    async with (
+        slow_client(edge) as client,
+        client.stream("POST", "/v1/turns", json={"model": f"long/{seconds}", "text": "hi"}) as response,
+    ):
+        reader = response.aiter_raw()  # kept: a dropped generator would close the response
+        yield store_of(edge), reader, await anext(reader)
+
+
 async def test_a_slow_reader_is_bounded_and_back_pressures_the_upstream(
     start_edge: StartEdge, upstream: FaultUpstream
 ) -> None:
-    edge = await slow_edge(start_edge)
-    store = store_of(edge)
-    async with (
-        slow_client(edge) as client,
-        client.stream("POST", "/v1/turns", json={"model": f"long/{HUGE_SECONDS}", "text": "hi"}) as response,
-    ):
-        reader = response.aiter_raw()  # kept: a dropped generator would close the response
-        await anext(reader)
+    async with slow_turn(start_edge, HUGE_SECONDS) as (store, _, _):
         await backpressured(upstream)
         assert store.bytes <= TURN_CAP + EVENT_SLACK
         assert upstream.bytes_sent < HUGE_SECONDS * 48_000 // 2
 
 
-async def test_a_slow_reader_gets_every_byte_after_the_cap_held_it_back(
-    start_edge: StartEdge, upstream: FaultUpstream
-) -> None:
-    edge = await slow_edge(start_edge)
-    store = store_of(edge)
-    async with (
-        slow_client(edge) as client,
-        client.stream("POST", "/v1/turns", json={"model": f"long/{SECONDS}", "text": "hi"}) as response,
-    ):
-        reader = response.aiter_raw()
-        body = bytearray(await anext(reader))
+async def test_a_slow_reader_gets_every_byte_after_the_cap_held_it_back(start_edge: StartEdge) -> None:
+    async with slow_turn(start_edge, SECONDS) as (store, reader, first):
+        body = bytearray(first)
         while store.bytes < TURN_CAP - EVENT_SLACK:  # noqa: ASYNC110 (the store has no event for it)
             await asyncio.sleep(0.05)  # the turn's buffer is full: the edge has stopped reading the core
         async for piece in reader:
