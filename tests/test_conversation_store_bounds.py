@@ -7,6 +7,9 @@ up to 10,000 of them: `make soak` grew about 160 MiB a minute.
 from __future__ import annotations
 
 import asyncio
+import gc
+import tracemalloc
+import uuid
 
 import pytest
 from prometheus_client import REGISTRY
@@ -14,7 +17,12 @@ from prometheus_client import REGISTRY
 from service.errors import UnknownConversation
 from service.server import conversation_store
 from service.settings import Settings
-from service.state.conversations import MemoryConversationStore
+from service.state.conversations import (
+    CONVERSATION_OVERHEAD_BYTES,
+    EVENT_OVERHEAD_BYTES,
+    TURN_LOG_OVERHEAD_BYTES,
+    MemoryConversationStore,
+)
 
 ANSWER = [bytes(10_000)] * 10  # one turn's events: 100 kB
 
@@ -25,6 +33,43 @@ async def converse(store: MemoryConversationStore, conversation_id: str) -> None
     assert await store.open_turn(conversation_id, epoch, f"turn-{conversation_id}")
     await store.append(conversation_id, f"turn-{conversation_id}", 1, ANSWER)
     await store.close_turn(conversation_id, f"turn-{conversation_id}")
+
+
+def held_for(config: bytes, events: list[bytes]) -> int:
+    """What the store counts for a conversation with this config and a last turn of these events."""
+    payload = len(config) + sum(map(len, events))
+    overhead = CONVERSATION_OVERHEAD_BYTES + TURN_LOG_OVERHEAD_BYTES + EVENT_OVERHEAD_BYTES * len(events)
+    return payload + overhead
+
+
+@pytest.mark.parametrize(
+    ("config_bytes", "event_bytes", "events"),
+    [(200, 60, 40), (2_000, 4_800, 20), (50, 0, 0)],
+    ids=["text deltas", "audio deltas", "no turn yet"],
+)
+async def test_the_byte_count_is_the_memory_the_store_holds(
+    config_bytes: int, event_bytes: int, events: int
+) -> None:
+    # The cap bounds memory only if what is counted is what is held, objects and all: within 20%.
+    store = MemoryConversationStore(ttl_seconds=3600, max_conversations=100_000, max_bytes=1 << 40)
+    conversations = 500
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(conversations):
+            conversation_id, turn_id = f"conv_{uuid.uuid4().hex}", f"turn_{uuid.uuid4().hex}"
+            owner = uuid.uuid4().hex * 2  # a SHA-256 in hex, one per key
+            await store.create(conversation_id, owner, bytes(config_bytes))
+            if events:
+                assert await store.open_turn(conversation_id, 1, turn_id)
+                for _ in range(events):  # one append per event, as the turn's writer may
+                    await store.append(conversation_id, turn_id, 1, [bytes(event_bytes)])
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.8 <= store.bytes / held <= 1.2, (store.bytes / conversations, held / conversations)
 
 
 async def test_past_the_byte_cap_the_least_recently_changed_conversations_go() -> None:
@@ -44,7 +89,7 @@ async def test_expired_conversations_are_let_go_without_being_asked_for() -> Non
     await asyncio.sleep(0.1)
     await converse(store, "new")
     # Only the new conversation is held: the old ones went when the store next changed.
-    assert store.bytes == len(b"config") + sum(map(len, ANSWER))
+    assert store.bytes == held_for(b"config", ANSWER)
 
 
 async def test_a_new_turn_lets_the_previous_turns_events_go() -> None:
@@ -53,7 +98,7 @@ async def test_a_new_turn_lets_the_previous_turns_events_go() -> None:
     held = store.bytes
     assert await store.open_turn("c", 1, "turn-2")
     await store.append("c", "turn-2", 1, ANSWER[:1])
-    assert store.bytes == held - sum(map(len, ANSWER)) + len(ANSWER[0])
+    assert store.bytes == held - sum(map(len, ANSWER)) + len(ANSWER[0]) - EVENT_OVERHEAD_BYTES * 9
 
 
 async def test_the_core_exports_what_its_store_holds() -> None:

@@ -24,6 +24,16 @@ from service.errors import NotOwner, UnknownConversation
 # A follower (resumer) waits this long per poll for new events before it checks the writer is alive.
 FOLLOW_POLL_SECONDS = 0.5
 
+# What the in-process store holds beyond the payload bytes, counted against its byte cap so that the cap
+# bounds memory, not payload (a text delta's event is ~50 bytes; its Python object costs as much again).
+# Per event: the bytes object's header (33 bytes, rounded up by the allocator) and its list slot (8).
+# Per conversation: its record, id and owner strings and dict entry; per turn log: the log, its list, its
+# asyncio.Event and turn id. Measured with tracemalloc by tests/test_conversation_store_bounds.py, which
+# fails when the count drifts from what is held.
+EVENT_OVERHEAD_BYTES = 48
+CONVERSATION_OVERHEAD_BYTES = 450
+TURN_LOG_OVERHEAD_BYTES = 750
+
 
 def owner_digest(key: str | None) -> str:
     """The stored form of the API key a conversation was started with: hex SHA-256, or "" for none."""
@@ -111,14 +121,17 @@ class _Record:
     turn_id: str = ""
     saved_turn_id: str = ""
     log: _Log | None = None
-    size: int = 0  # bytes of config and of the last turn's events, as counted against the store's cap
+    # Bytes counted against the store's cap: the config and the last turn's events, with the overheads
+    # above (see EVENT_OVERHEAD_BYTES).
+    size: int = 0
 
 
 class MemoryConversationStore:
-    """This process's conversations: at most `max_conversations`, and `max_bytes` of configs and last
-    turns' events in all (the least recently changed go first), each for `ttl_seconds` after its last
-    change. Expired ones are let go whenever anything changes, not only when asked for, so a busy process
-    holds what the last `ttl_seconds` left, bounded by `max_bytes`, never its whole history."""
+    """This process's conversations: at most `max_conversations`, and `max_bytes` of memory for configs and
+    last turns' events in all, their Python objects counted (see EVENT_OVERHEAD_BYTES); the least recently
+    changed go first. Each is kept `ttl_seconds` after its last change. Expired ones are let go whenever
+    anything changes, not only when asked for, so a busy process holds what the last `ttl_seconds` left,
+    bounded by `max_bytes`, never its whole history."""
 
     def __init__(
         self, ttl_seconds: float, max_conversations: int, max_bytes: int = 256 * 1024 * 1024
@@ -169,7 +182,7 @@ class MemoryConversationStore:
     async def create(self, conversation_id: str, owner: str, config: bytes) -> int:
         record = _Record(owner, config, 1, time.monotonic() + self.ttl_seconds)
         self._records[conversation_id] = record
-        self._resize(record, len(config))
+        self._resize(record, CONVERSATION_OVERHEAD_BYTES + len(config))
         return 1
 
     async def attach(self, conversation_id: str, owner: str) -> Attached:
@@ -211,7 +224,8 @@ class MemoryConversationStore:
             record.log.touch()
         record.turn_id, record.log = turn_id, _Log(turn_id)
         self._touch(conversation_id, record)
-        self._resize(record, len(record.config))  # the previous turn's events are let go
+        # The previous turn's events are let go.
+        self._resize(record, CONVERSATION_OVERHEAD_BYTES + TURN_LOG_OVERHEAD_BYTES + len(record.config))
         return True
 
     def _log(self, conversation_id: str, turn_id: str) -> _Log | None:
@@ -227,7 +241,8 @@ class MemoryConversationStore:
         log.touch()
         cancel_ms = log.cancel_ms
         record = self._records[conversation_id]
-        self._resize(record, record.size + sum(len(event) for event in events))
+        added = sum(len(event) for event in events) + EVENT_OVERHEAD_BYTES * len(events)
+        self._resize(record, record.size + added)
         return cancel_ms
 
     async def close_turn(self, conversation_id: str, turn_id: str) -> None:
