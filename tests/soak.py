@@ -410,6 +410,7 @@ class Options:
     minutes: float = 10.0
     events: int = 1_000_000
     workers: int = 4
+    transports: tuple[str, ...] = TRANSPORTS  # which clients run (a subset narrows down a leak)
     seed: int = 1
     gateway_env: dict[str, str] = field(default_factory=dict)  # on top of start_gateway's
     sample_seconds: float = 10.0
@@ -453,6 +454,7 @@ async def run(options: Options) -> dict[str, Any]:
                 *(
                     soak.worker(t, options.seed * 1000 + i * 10 + n)
                     for i, t in enumerate(TRANSPORTS)
+                    if t in options.transports
                     for n in range(options.workers)
                 )
             )
@@ -471,6 +473,7 @@ async def run(options: Options) -> dict[str, Any]:
     return {
         "minutes": round(elapsed / 60, 2),
         "workers_per_transport": options.workers,
+        "transports": list(options.transports),
         "gateway_env": options.gateway_env,
         "events_relayed": tally.events,
         "events_per_second": round(tally.events / elapsed),
@@ -502,6 +505,11 @@ def main() -> None:
         "--events", type=int, default=1_000_000, help="and at least this many events (up to 3x --minutes)"
     )
     parser.add_argument("--workers", type=int, default=4, help="concurrent clients per transport")
+    parser.add_argument(
+        "--transports",
+        default=",".join(TRANSPORTS),
+        help=f"comma-separated clients to run (default all: {','.join(TRANSPORTS)})",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--resume-seconds", type=float, help="the gateway's AUDIOCHAT_RESUME_SECONDS (default 60)"
@@ -530,6 +538,9 @@ def main() -> None:
         "--report-seconds", type=float, default=60.0, help="how often the gateway writes a memory report"
     )
     args = parser.parse_args()
+    transports = tuple(name for name in args.transports.split(",") if name)
+    if not transports or set(transports) - set(TRANSPORTS):
+        parser.error(f"--transports takes names from {', '.join(TRANSPORTS)}")
     gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
     if args.resume_seconds is not None:
         gateway_env["AUDIOCHAT_RESUME_SECONDS"] = str(args.resume_seconds)
@@ -539,6 +550,7 @@ def main() -> None:
         minutes=args.minutes,
         events=args.events,
         workers=args.workers,
+        transports=transports,
         seed=args.seed,
         gateway_env=gateway_env,
         sample_seconds=args.sample_seconds,
