@@ -7,6 +7,8 @@ file is replaced whole, so a reader never sees half of one). A report tells thre
   `free_bytes` kept in its arenas but not returned to the system) and what Python's own small-object
   allocator holds (`pymalloc`: `arenas` of 1 MiB, `in_use_bytes` of live blocks): RSS that rises while
   the bytes in use do not is fragmentation, not a leak;
+- what the two bounded caches hold in the same instant (`stores_bytes`: the SSE resume store's and the
+  conversation store's gauges), so a reader can subtract them from the allocator's figures;
 - live Python objects by type (`objects_by_type`, the collector's tracked objects, top 40), and with
   tracing on (the standard `PYTHONTRACEMALLOC=FRAMES` variable), the allocations still alive by traceback
   (`top_allocations`) and what grew since the previous report (`grown_since_last`) and since the first
@@ -36,7 +38,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import REGISTRY
+
+from service import metrics
+
 log = logging.getLogger(__name__)
+
+# The process's two bounded caches, read in the same instant as the allocator figures (a /metrics scrape
+# a moment apart can differ by tens of MiB under load, more than the growth a soak looks for).
+STORE_GAUGES = {
+    "sse_resume_bytes": (metrics.EDGE_REGISTRY, "audiochat_sse_resume_buffer_bytes"),
+    "conversation_store_bytes": (REGISTRY, "audiochat_conversation_store_bytes"),
+}
 
 TOP = 40  # entries per list in a report
 
@@ -128,6 +141,17 @@ def malloc_trim() -> bool:
     return bool(libc is not None and hasattr(libc, "malloc_trim") and libc.malloc_trim(0))
 
 
+def stores_bytes() -> dict[str, int]:
+    """What the SSE resume store and the conversation store hold now, by their gauges; a store this
+    process does not run (role edge or core, or the Redis store) is left out."""
+    held: dict[str, int] = {}
+    for name, (registry, gauge) in STORE_GAUGES.items():
+        value = registry.get_sample_value(gauge)
+        if value is not None:
+            held[name] = int(value)
+    return held
+
+
 def objects_by_type(objects: list[Any], top: int = TOP) -> list[tuple[str, int]]:
     """How many of `objects` are of each type, most first."""
     counts = Counter(type(o) for o in objects)
@@ -170,6 +194,7 @@ class MemoryReport:
             "gc_objects": len(objects),
             "objects_by_type": objects_by_type(objects),
             "tracing": tracemalloc.is_tracing(),
+            "stores_bytes": stores_bytes(),
         }
         del objects
         if tracemalloc.is_tracing():

@@ -196,6 +196,13 @@ async def resume_store(metrics_url: str) -> dict[str, Any]:
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
     """The few numbers of a gateway memory report that go into every sample."""
     out: dict[str, Any] = {"gc_objects": report["gc_objects"]}
+    # The stores as the report read them, in the instant of its allocator figures: these replace the
+    # sample's /metrics readings, taken a moment apart.
+    stores = report.get("stores_bytes") or {}
+    if "sse_resume_bytes" in stores:
+        out["resume_store_mib"] = round(stores["sse_resume_bytes"] / MIB, 1)
+    if "conversation_store_bytes" in stores:
+        out["conversation_store_mib"] = round(stores["conversation_store_bytes"] / MIB, 1)
     malloc = report.get("malloc")
     if malloc:
         out["malloc_in_use_mib"] = round(malloc["in_use_bytes"] / MIB, 1)

@@ -10,7 +10,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from service import memory_report
+from service import memory_report, metrics
 
 
 class Held:
@@ -80,3 +80,15 @@ def test_trim_reports_rss_after_glibc_returns_free_pages(tmp_path: Path) -> None
     # since this process (pytest's threads) allocates between them (free bytes after > before was seen).
     assert report["malloc_after_trim"]["free_bytes"] >= 0
     assert report["malloc_after_trim"]["in_use_bytes"] > 0
+
+
+def test_a_report_reads_the_stores_in_the_same_instant_as_the_allocator() -> None:
+    # Gauges held by functions, as the edge and the core register them: the report reads them itself.
+    metrics.SSE_RESUME_BYTES.set_function(lambda: 7 * 1024 * 1024)
+    metrics.CONVERSATION_STORE_BYTES.set_function(lambda: 3 * 1024 * 1024)
+    try:
+        stores = memory_report.MemoryReport(Path("unused")).build()["stores_bytes"]
+    finally:
+        metrics.SSE_RESUME_BYTES.set_function(lambda: 0)
+        metrics.CONVERSATION_STORE_BYTES.set_function(lambda: 0)
+    assert stores == {"sse_resume_bytes": 7 * 1024 * 1024, "conversation_store_bytes": 3 * 1024 * 1024}

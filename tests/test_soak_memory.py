@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.soak_memory import MemoryWatch, slope_per_minute
+from tests.soak_memory import MIB, MemoryWatch, live_outside_store, slope_per_minute, summarize
 
 
 def watch_with(rss: list[float], store: list[float]) -> MemoryWatch:
@@ -55,3 +55,12 @@ def test_with_memory_reports_live_bytes_judge_not_rss_that_malloc_keeps_after_th
     for sample in watch.samples:
         sample["malloc_in_use_mib"] += 2 * sample["seconds"] / 60  # 2 MiB/min held outside the store
     assert watch.figures(600.0)["flat"] is False
+
+
+def test_the_stores_as_a_report_read_them_replace_the_scraped_ones() -> None:
+    report = {"gc_objects": 1, "objects_by_type": [], "malloc": {"in_use_bytes": 300 * MIB, "free_bytes": 0}}
+    report["stores_bytes"] = {"sse_resume_bytes": 120 * MIB, "conversation_store_bytes": 30 * MIB}
+    sample = {"seconds": 60.0, "rss_mib": 400.0, "resume_store_mib": 90.0, "conversation_store_mib": 10.0}
+    sample.update(summarize(report))
+    assert sample["resume_store_mib"] == 120.0 and sample["conversation_store_mib"] == 30.0
+    assert live_outside_store(sample) == 150.0
