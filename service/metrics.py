@@ -167,8 +167,8 @@ SSE_RESUME_TURNS = Gauge(
 # The core's in-process conversation store is the other bounded cache (make soak subtracts both).
 CONVERSATION_STORE_BYTES = Gauge(
     "audiochat_conversation_store_bytes",
-    "Bytes of conversations (configs with history, last answers' events) this core keeps in its memory for"
-    " resumes (at most AUDIOCHAT_MAX_STORED_CONVERSATION_BYTES; not exported when the store is Redis).",
+    "Memory of the conversations (configs with history, last answers' events, their Python objects counted)"
+    " this core keeps for resumes (at most AUDIOCHAT_MAX_STORED_CONVERSATION_BYTES; none with Redis).",
 )
 CONVERSATION_STORE_CONVERSATIONS = Gauge(
     "audiochat_conversation_store_conversations",

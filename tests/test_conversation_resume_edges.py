@@ -65,22 +65,26 @@ async def open_on(edge: RunningEdge, model: str, key: str = "key-a") -> tuple[Cl
     return ws, str(started["conversation_id"])
 
 
+async def next_frame(ws: ClientConnection, audio: bytearray) -> tuple[int, dict[str, Any] | None]:
+    """One frame's sequence and its JSON event, or None for audio, appended to `audio` (whole, in order)."""
+    async with asyncio.timeout(10):
+        frame = await ws.recv()
+    if isinstance(frame, bytes):
+        _, sequence, start_sample = AUDIO_HEADER.unpack_from(frame)
+        assert start_sample * 2 == len(audio)
+        audio += frame[AUDIO_HEADER.size :]
+        return sequence, None
+    event: dict[str, Any] = json.loads(frame)
+    return event["sequence"], event
+
+
 async def rest_of_turn(ws: ClientConnection, audio: bytearray, sequence: int) -> dict[str, Any]:
     """Frames until turn.completed: audio appended to `audio`; sequences must follow `sequence` gap-free."""
     while True:
-        async with asyncio.timeout(10):
-            frame = await ws.recv()
-        if isinstance(frame, bytes):
-            _, seq, start_sample = AUDIO_HEADER.unpack_from(frame)
-            assert start_sample * 2 == len(audio)
-            audio += frame[AUDIO_HEADER.size :]
-        else:
-            event = json.loads(frame)
-            seq = event["sequence"]
-            if event["type"] == "turn.completed":
-                assert seq == sequence + 1
-                return dict(event)
+        seq, event = await next_frame(ws, audio)
         assert seq == sequence + 1, "no event lost or repeated across the resume"
+        if event is not None and event["type"] == "turn.completed":
+            return event
         sequence = seq
 
 

@@ -18,10 +18,9 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from adapters.websocket import AUDIO_HEADER
 from tests.processes import ServeProcess, audiochat_serve
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 (fixture)
-from tests.test_conversation_resume_edges import keyed, receive, rest_of_turn
+from tests.test_conversation_resume_edges import keyed, next_frame, receive, rest_of_turn
 
 KEY = "k"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -102,13 +101,7 @@ async def test_an_edge_killed_mid_answer_costs_a_websocket_client_only_a_reconne
     assert started["type"] == "turn.started"
     audio, sequence = bytearray(), started["sequence"]
     while len(audio) < 24_000:  # half a second of the answer heard on edge A
-        frame = await ws.recv()
-        if isinstance(frame, bytes):
-            _, sequence, start_sample = AUDIO_HEADER.unpack_from(frame)
-            assert start_sample * 2 == len(audio)
-            audio += frame[AUDIO_HEADER.size :]
-        else:
-            sequence = json.loads(frame)["sequence"]
+        sequence, _ = await next_frame(ws, audio)
     deployment.edge_a.process.kill()  # the pod is gone, no close handshake
     deployment.edge_a.process.wait()
     ws.transport.abort()
