@@ -418,11 +418,16 @@ class Options:
     memory_reports: Path | None = None  # a directory: the gateway writes memory reports, kept here
 
 
+def add_scripts(upstream: FaultUpstream) -> None:
+    """The raw answers the faults name (`script/malformed`: audio, then a piece that is not base64)."""
+    upstream.scripts["malformed"] = b"".join(fixture_events("audio_no_finish_reason")[:14]) + script(
+        {"choices": [{"index": 0, "delta": {"audio": {"data": "!!!!"}}}]}
+    )
+
+
 async def run(options: Options) -> dict[str, Any]:
     async with FaultUpstream() as upstream:
-        upstream.scripts["malformed"] = b"".join(fixture_events("audio_no_finish_reason")[:14]) + script(
-            {"choices": [{"index": 0, "delta": {"audio": {"data": "!!!!"}}}]}
-        )
+        add_scripts(upstream)
         grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
         extra_env = dict(options.gateway_env)
         report_path = None
