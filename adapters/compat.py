@@ -22,6 +22,7 @@ import grpc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from adapters.call_reads import read, read_with_heartbeats
 from adapters.compat_request import CompatError, CompatRequest, parse
 from adapters.context import EdgeContext, cancelled_on_cut, cut_by_the_edge, edge_of, transport_metadata
 from adapters.event_json import reason_name
@@ -35,7 +36,7 @@ from adapters.status import (
     shutting_down,
     unauthenticated,
 )
-from adapters.streaming import ClosingStreamingResponse, read_with_heartbeats
+from adapters.streaming import ClosingStreamingResponse
 from adapters.tool_json import call_json
 from audiochat.v1 import audiochat_pb2 as pb
 from service import metrics
@@ -103,12 +104,9 @@ async def chat_completions(request: Request) -> Response:
     key = bearer_token(request.headers.get(AUTHORIZATION, ""))
     call = edge.stub.StreamTurn(parsed.turn, metadata=transport_metadata("openai", key))
     try:
-        first = await call.read()
+        first = await read(call)  # cancelled: the call is cancelled too
     except grpc.aio.AioRpcError as exc:
         return error_response(compat_error(exc))
-    except asyncio.CancelledError:
-        call.cancel()
-        raise
     if first is grpc.aio.EOF or not first.HasField("started"):
         call.cancel()
         return error_response(edge_error("internal", "the service sent no turn", 500, 1011))
@@ -291,7 +289,7 @@ async def _whole(call: Any, parsed: CompatRequest, ident: wire.StreamIdentity) -
     usage: pb.Usage | None = None
     done: pb.TurnCompleted | None = None
     try:
-        while (event := await call.read()) is not grpc.aio.EOF:
+        while (event := await read(call)) is not grpc.aio.EOF:
             kind = event.WhichOneof("event")
             if kind == "audio":
                 audio += event.audio.data

@@ -1,6 +1,4 @@
-"""Streamed HTTP responses: bodies closed as soon as the response ends, heartbeats while the core is quiet.
-
-A streamed response whose body generator is closed as soon as the response ends, however it ends:
+"""A streamed HTTP response whose body generator is closed as soon as the response ends, however it ends.
 
 Starlette cancels the body's task when the client disconnects, but a body generator suspended at a
 `yield` (its chunk waiting on a full socket) is left to the garbage collector, so its `finally`, which
@@ -10,11 +8,8 @@ before the response returns.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator
-from typing import Any
 
-import grpc
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -29,24 +24,3 @@ class ClosingStreamingResponse(StreamingResponse):
             # Starlette's task group has ended, so the generator runs in no other task: no "already running".
             if isinstance(self.body_iterator, AsyncGenerator):
                 await self.body_iterator.aclose()
-
-
-async def read_with_heartbeats(call: Any, heartbeat_seconds: float) -> AsyncGenerator[Any, None]:
-    """A gRPC call's responses, and None after each `heartbeat_seconds` without one (time for a comment).
-
-    The pending read is kept across heartbeats, never cancelled: cancelling a grpc.aio read cancels the call.
-    """
-    read = asyncio.ensure_future(call.read())
-    try:
-        while True:
-            done, _ = await asyncio.wait((read,), timeout=heartbeat_seconds)
-            if not done:
-                yield None  # the upstream is stalled: a comment keeps proxies from cutting the stream
-                continue
-            response = read.result()
-            if response is grpc.aio.EOF:
-                return
-            yield response
-            read = asyncio.ensure_future(call.read())
-    finally:
-        read.cancel()

@@ -17,6 +17,7 @@ import grpc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from adapters.call_reads import read
 from adapters.context import EdgeContext, edge_of, transport_metadata
 from adapters.http_body import BodyError, is_multipart, read_form, read_json
 from adapters.resume import TurnLog
@@ -114,12 +115,9 @@ async def _start(edge: EdgeContext, turn: pb.StreamTurnRequest, key: str | None)
         return store_unavailable(exc.message, exc.retry_after_ms)
     call = edge.stub.StreamTurn(turn, metadata=transport_metadata("sse", key))
     try:
-        first = await call.read()
+        first = await read(call)  # cancelled: the call is cancelled too
     except grpc.aio.AioRpcError as exc:
         return from_rpc_error(exc)
-    except asyncio.CancelledError:
-        call.cancel()
-        raise
     if first is grpc.aio.EOF:
         return edge_error("internal", "the service ended the turn without events", 500, 1011)
     # With keys, only the key that started the turn may resume it.
@@ -141,7 +139,7 @@ async def _start(edge: EdgeContext, turn: pb.StreamTurnRequest, key: str | None)
 
 async def _pump(edge: EdgeContext, call: Any, buffered: TurnLog) -> None:
     try:
-        while (event := await call.read()) is not grpc.aio.EOF:
+        while (event := await read(call)) is not grpc.aio.EOF:
             buffered.append(encode_turn_event(event), time.perf_counter())
             # A slow reader slows the core's stream (and the upstream) instead of growing this buffer.
             await edge.store.wait_for_room(buffered)

@@ -18,6 +18,7 @@ import grpc
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from adapters.auth import WS_SUBPROTOCOL, subprotocol_token
+from adapters.call_reads import read
 from adapters.context import EdgeContext, edge_of, transport_metadata
 from adapters.event_json import EVENT_NAMES, JSON_OF
 from adapters.schemas import WEBSOCKET_MESSAGES, SchemaError, parse_json
@@ -265,7 +266,7 @@ class Session:
         ws = self._ws
         relay = metrics.edge_relay("websocket")
         try:
-            while (response := await call.read()) is not grpc.aio.EOF:
+            while (response := await read(call)) is not grpc.aio.EOF:
                 received_at = time.perf_counter()
                 self._last_activity = time.monotonic()
                 if response.HasField("started"):
