@@ -66,9 +66,18 @@ UPSTREAM_FAULTS = (
     "hang",
 )
 CANCELLED_MODEL = "long/600"
-FAULT_RATE = 0.08  # of turns with an upstream fault
-CANCEL_RATE = 0.04  # of turns the client abandons after its first audio
-PAUSE_RATE = 0.04  # of turns whose reader stops for a while mid-answer
+
+
+@dataclass(frozen=True)
+class Rates:
+    """How often each kind of fault is injected, as a fraction of turns."""
+
+    fault: float = 0.08  # an upstream fault
+    cancel: float = 0.04  # the client abandons the turn after its first audio
+    pause: float = 0.04  # the client's reader stops for a while mid-answer
+
+
+SOAK_RATES = Rates()
 
 
 @dataclass
@@ -92,7 +101,9 @@ class Tally:
                 self.lost_or_reordered_bytes += differing + abs(len(want) - len(audio))
 
 
-def pick_model(rng: random.Random, client_fault: str = "") -> tuple[str, float | None]:
+def pick_model(
+    rng: random.Random, client_fault: str = "", fault_rate: float = Rates.fault
+) -> tuple[str, float | None]:
     """A model for the next turn and, for a whole answer, its audio seconds.
 
     A turn its client will cancel gets an answer longer than every buffer on the way, so the upstream is
@@ -100,7 +111,7 @@ def pick_model(rng: random.Random, client_fault: str = "") -> tuple[str, float |
     """
     if client_fault == "cancel":
         return CANCELLED_MODEL, None
-    if rng.random() < FAULT_RATE:
+    if rng.random() < fault_rate:
         return rng.choice(UPSTREAM_FAULTS), None
     seconds = rng.choice((1, 2, 3, 4))
     return f"long/{seconds}", float(seconds)
@@ -132,9 +143,16 @@ class Soak:
     """One run: the gateway process, the fault upstream, the clients."""
 
     def __init__(
-        self, upstream: FaultUpstream, grpc_port: int, http_port: int, minutes: float, events: int
+        self,
+        upstream: FaultUpstream,
+        grpc_port: int,
+        http_port: int,
+        minutes: float,
+        events: int,
+        rates: Rates = SOAK_RATES,
     ) -> None:
         self.upstream = upstream
+        self.rates = rates
         self.grpc_target = f"127.0.0.1:{grpc_port}"
         self.http_base = f"http://127.0.0.1:{http_port}"
         self.started = time.monotonic()
@@ -174,11 +192,12 @@ class Soak:
 
     def _client_fault(self, rng: random.Random) -> str:
         roll = rng.random()
-        return "cancel" if roll < CANCEL_RATE else "pause" if roll < CANCEL_RATE + PAUSE_RATE else ""
+        cancel, pause = self.rates.cancel, self.rates.pause
+        return "cancel" if roll < cancel else "pause" if roll < cancel + pause else ""
 
     async def _stream_turn(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
         fault = self._client_fault(rng)
-        model, seconds = pick_model(rng, fault)
+        model, seconds = pick_model(rng, fault, self.rates.fault)
         text = self.text()
         request = pb.StreamTurnRequest(config=pb.TurnConfig(model=model), input=pb.UserMessage(text=text))
         call = stub.StreamTurn(request)
@@ -206,7 +225,7 @@ class Soak:
 
     async def _converse(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
         first_fault = self._client_fault(rng)
-        model, seconds = pick_model(rng, first_fault)
+        model, seconds = pick_model(rng, first_fault, self.rates.fault)
         call = stub.Converse()
         await call.write(pb.ConverseRequest(config=pb.ConverseConfig(turn=pb.TurnConfig(model=model))))
         await call.read()
@@ -247,7 +266,7 @@ class Soak:
 
     async def _sse(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
         fault = self._client_fault(rng)
-        model, seconds = pick_model(rng, fault)
+        model, seconds = pick_model(rng, fault, self.rates.fault)
         audio, outcome = bytearray(), "http_error"
         text = self.text()
         async with http.stream("POST", "/v1/turns", json={"model": model, "text": text}) as response:
@@ -277,7 +296,7 @@ class Soak:
 
     async def _websocket(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
         first_fault = self._client_fault(rng)
-        model, seconds = pick_model(rng, first_fault)
+        model, seconds = pick_model(rng, first_fault, self.rates.fault)
         url = self.http_base.replace("http", "ws", 1) + "/v1/converse"
         async with connect(url, compression=None, max_size=None) as ws:
             await ws.send(json.dumps({"type": "config", "model": model}))
@@ -308,7 +327,7 @@ class Soak:
 
     async def _compat(self, rng: random.Random, stub: Any, http: httpx.AsyncClient) -> None:
         fault = self._client_fault(rng)
-        model, seconds = pick_model(rng, fault)
+        model, seconds = pick_model(rng, fault, self.rates.fault)
         text = self.text()
         body = {
             "model": model,
