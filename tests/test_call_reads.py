@@ -23,19 +23,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from adapters.call_reads import read, read_with_heartbeats, settle
 
 
-class _SlowStream(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
-    """Health.Watch as an endless stream, one response a second: a reader mostly waits on a read."""
+class _OneThenQuiet(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """Health.Watch as one response, then nothing until cancelled: a reader then waits on a read."""
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> AsyncIterator[Any]:
-        while True:
-            yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
-            await asyncio.sleep(1.0)
+        yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        await asyncio.Event().wait()
 
 
 @pytest.fixture
 async def stub() -> AsyncIterator[health_pb2_grpc.HealthStub]:
     server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(_SlowStream(), server)
+    health_pb2_grpc.add_HealthServicer_to_server(_OneThenQuiet(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
@@ -50,10 +49,12 @@ class WatchedCall:
 
     def __init__(self, call: Any) -> None:
         self.call = call
+        self.reads = 0  # reads started
         self.waiting = 0  # reads in flight
         self.awaiter_cancelled = 0  # reads that ended because the task awaiting them was cancelled
 
     async def read(self) -> Any:
+        self.reads += 1
         self.waiting += 1
         try:
             return await self.call.read()
@@ -74,9 +75,16 @@ class WatchedCall:
         return bool(self.call.cancelled())
 
 
+async def waiting_on_a_read(call: WatchedCall) -> None:
+    """Returns once the reader has had the one response and waits on the next read."""
+    async with asyncio.timeout(10):
+        while call.reads < 2 or call.waiting != 1:  # noqa: ASYNC110 (the call has no event for it)
+            await asyncio.sleep(0.01)
+
+
 async def by_read(call: Any) -> None:
-    await read(call)  # the first response
-    await read(call)  # waits about a second: cancelled here
+    await read(call)  # the one response
+    await read(call)  # waits for good: cancelled here
 
 
 async def by_heartbeats(call: Any) -> None:
@@ -95,8 +103,7 @@ READERS: dict[str, Callable[[Any], Coroutine[Any, Any, None]]] = {
 async def test_a_cancelled_task_leaves_no_read_in_flight(stub: Any, reader: str) -> None:
     call = WatchedCall(stub.Watch(health_pb2.HealthCheckRequest()))
     task = asyncio.create_task(READERS[reader](call))
-    await asyncio.sleep(0.3)  # past the first response, waiting on the next
-    assert call.waiting == 1, "the reader is not waiting on a read: nothing is tested"
+    await waiting_on_a_read(call)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -108,8 +115,15 @@ async def test_a_cancelled_task_leaves_no_read_in_flight(stub: Any, reader: str)
 async def test_an_anyio_cancel_scope_leaves_no_read_in_flight(stub: Any, reader: str) -> None:
     """Starlette cancels a streamed body through anyio when its client disconnects."""
     call = WatchedCall(stub.Watch(health_pb2.HealthCheckRequest()))
-    with anyio.move_on_after(0.3) as scope:
+    with anyio.CancelScope() as scope:
+
+        async def cancel_when_waiting() -> None:
+            await waiting_on_a_read(call)
+            scope.cancel()
+
+        watcher = asyncio.create_task(cancel_when_waiting())
         await READERS[reader](call)
+    await watcher
     assert scope.cancelled_caught
     assert call.cancelled()
     assert (call.waiting, call.awaiter_cancelled) == (0, 0)
