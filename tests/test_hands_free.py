@@ -158,6 +158,10 @@ async def test_barge_in_by_voice_stops_the_answer_and_keeps_what_was_heard(
     completed = responses[-1].event.completed
     assert completed.reason == pb.FINISH_REASON_INTERRUPTED
     assert 0 < _received_ms(completed) < ANSWER_MS
+    # Counted once the stop has returned, which can be just after TurnCompleted reached this client.
+    async with asyncio.timeout(5):
+        while _metric("audiochat_barge_ins_total", transport="grpc") == barge_ins:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
     assert _metric("audiochat_barge_ins_total", transport="grpc") == barge_ins + 1
     await upstream.client_closed.wait()  # the upstream stream was closed at once
 
