@@ -4,8 +4,9 @@ grpc.aio frees a read's native memory only when the task awaiting the read consu
 whose awaiting task is cancelled keeps it for good (grpc/grpc#43360). A client going away cancels
 exactly that task, usually while it waits for the core's next event, and Starlette cancels through
 anyio, whose cancellation hits every later await in the scope again. Measured on the edge (core and
-edge in two processes, `python -m tests.soak_split --transport compat` with client cancels only):
-about 20 KB kept per cancelled answer, where reading through here keeps under 1 KB.
+edge in two processes, `python -m tests.soak_split --fault-rate 0 --pause-rate 0 --cancel-rate 0.3`):
+about 20 KB kept per cancelled answer before, under 1 KB since; `python -m benchmarks.grpc_cancel_leak`
+compares a cancelled read in flight with one settled here.
 
 So each read runs in its own task; when the reader is cancelled, the call is cancelled first (Core then
 completes the read at once) and the read is let finish, shielded and bounded, before the cancellation

@@ -12,7 +12,8 @@ A server-streaming call is opened and cancelled `--calls` times per pattern over
 of 500), and glibc malloc's bytes in use (mallinfo2) are compared before and after: bytes kept per call.
 `re-raised` is the server handler that re-raises CancelledError (what the gateway's servicer does),
 `returned` one that returns normally after the cancel, `read in flight` a client that cancels the task
-awaiting a read before it cancels the call.
+awaiting a read before it cancels the call, `read settled` the same read ended the edge's way
+(adapters/call_reads.py: the call cancelled first, the read let finish).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from adapters.call_reads import settle
 from service.memory_report import malloc_stats
 
 WARM_UP_CALLS = 500
@@ -58,8 +60,9 @@ def _in_use() -> int:
     return stats["in_use_bytes"]
 
 
-async def kept_per_call(calls: int, reraise: bool, read_in_flight: bool) -> float:
-    """Bytes of malloc in use after `calls` cancelled calls, per call."""
+async def kept_per_call(calls: int, reraise: bool, read_in_flight: str) -> float:
+    """Bytes of malloc in use after `calls` cancelled calls, per call. `read_in_flight`: "" (none),
+    "cancelled" (its awaiting task cancelled, then the call) or "settled" (call_reads.settle)."""
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(_Streams(reraise), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -74,6 +77,8 @@ async def kept_per_call(calls: int, reraise: bool, read_in_flight: bool) -> floa
                 if read_in_flight:
                     read = asyncio.ensure_future(call.read())
                     await asyncio.sleep(0)
+                    if read_in_flight == "settled":
+                        await settle(call, read)
                     read.cancel()
                     await asyncio.gather(read, return_exceptions=True)
                 call.cancel()
@@ -94,9 +99,10 @@ async def kept_per_call(calls: int, reraise: bool, read_in_flight: bool) -> floa
 
 async def run(calls: int) -> dict[str, Any]:
     patterns = {
-        "re-raised": (True, False),
-        "returned": (False, False),
-        "read in flight": (True, True),
+        "re-raised": (True, ""),
+        "returned": (False, ""),
+        "read in flight": (True, "cancelled"),
+        "read settled": (True, "settled"),
     }
     kept = {
         name: round(await kept_per_call(calls, reraise, in_flight), 1)
